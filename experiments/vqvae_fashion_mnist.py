@@ -1,0 +1,46 @@
+"""VQ-VAE tokenizer on Fashion-MNIST: the embedded default, sized for a 2-core CPU.
+
+    python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=workdirs/vqvae_fmnist
+    python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=workdirs/vqvae_fmnist --mode=eval
+
+Data: Debian's `dataset-fashion-mnist` IDX files (apt-get install dataset-fashion-mnist), read by the
+local TFDS builder `fashion_mnist_local`; 28×28 images padded to 32×32 with background.
+Model: f4 conv autoencoder (32×32 → 8×8 grid), EMA codebook of 512 codes in a 4-dimensional code space
+(low-dimensional, so a latent DiT can model it), dead-code restart.
+Expected on a 2-core CPU (measured numbers in the README): training ≤ 6 minutes including compile;
+eval over the 10k test images PSNR ≥ 24 dB, codebook usage ≥ 90 %.
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.trainer = "tokenizer"
+    config.seed = 0
+
+    config.data = dict(
+        dataset="fashion_mnist_local", data_dir=placeholder(str), manual_dir=placeholder(str),
+        train_split="train", eval_split="test",
+        image_size=28, pad_to=32, channels=1, random_flip=True,
+        shuffle_buffer=10_000, tf_threads=1)
+
+    config.model = dict(
+        channels=32, channel_multipliers=(1, 2), num_res_blocks=1, latent_channels=32,
+        attention_at_lowest=False, norm_groups=8, dropout=0.0, upsample="depth_to_space", space_to_depth=2,
+        dtype="float32")
+
+    config.quantizer = dict(
+        num_codes=512, embedding_dim=4, lookup_dim=placeholder(int), beta=0.25, l2_normalize_codes=False,
+        use_ema=True, ema_decay=0.99, ema_epsilon=1e-5, dead_code_threshold=1.0)
+
+    config.train = dict(
+        num_steps=2000, batch_size=128, learning_rate=2e-3, end_learning_rate=1e-4, warmup_steps=100,
+        weight_decay=1e-4, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
+        reconstruction_loss="mse",
+        log_every=100, grid_every=500, checkpoint_every=500, keep_checkpoints=2, keep_every=placeholder(int))
+
+    config.eval = dict(batch_size=500, use_ema_params=True, num_grid_images=64)
+
+    config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+    return config

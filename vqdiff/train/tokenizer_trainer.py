@@ -1,0 +1,233 @@
+"""Training of the VQ tokenizer (VQ-VAE): one jitted, sharded update and a plain Python loop."""
+import functools
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vqdiff.data import pipeline
+from vqdiff.errors import UserError
+from vqdiff.eval import grid
+from vqdiff.eval.image_metrics import psnr, to_unit_range
+from vqdiff.models.autoencoder import VQAutoencoder
+from vqdiff.train import checkpoint, progress, sharding
+from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
+from vqdiff.train.state import TrainState, ema_update, step_rng
+
+
+def build_tokenizer(config) -> VQAutoencoder:
+    """The autoencoder + quantizer that `config.model` / `config.quantizer` describe."""
+    return VQAutoencoder(model_config=config.model.to_dict(), quantizer_config=config.quantizer.to_dict(),
+                         image_channels=config.data.channels)
+
+
+def input_shape(config, batch_size: int = 1):
+    size = config.data.pad_to or config.data.image_size
+    return (batch_size, size, size, config.data.channels)
+
+
+def init_state(config, model, tx) -> TrainState:
+    """Fresh parameters, optimizer state, EMA params and quantizer statistics."""
+    rngs = {"params": jax.random.key(config.seed), "quantizer": jax.random.key(config.seed + 1)}
+    variables = model.init(rngs, jnp.zeros(input_shape(config), jnp.float32), train=False)
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params, model_state=model_state)
+
+
+def reconstruction_error(x, y, kind: str):
+    """Per-example mean squared ('mse') or absolute ('l1') error. x, y: [B, H, W, C] → [B]."""
+    if kind == "mse":
+        return jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
+    if kind == "l1":
+        return jnp.mean(jnp.abs(x - y), axis=(1, 2, 3))
+    raise UserError(f"config.train.reconstruction_loss={kind!r}: use 'mse' or 'l1'")
+
+
+def masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, config):
+    """One update on a global batch {'image': [B, H, W, C], 'mask': [B]} → (new state, float32 metrics)."""
+    rng_quantizer, rng_dropout = jax.random.split(step_rng(config.seed, state.step))
+    mutable = list(state.model_state.keys())
+
+    def loss_fn(params):
+        variables = {"params": params, **state.model_state}
+        (reconstruction, aux), new_model_state = model.apply(
+            variables, batch["image"], train=True, mask=batch["mask"], mutable=mutable,
+            rngs={"quantizer": rng_quantizer, "dropout": rng_dropout})
+        rec_loss = masked_mean(reconstruction_error(reconstruction, batch["image"],
+                                                    config.train.reconstruction_loss), batch["mask"])
+        loss = rec_loss + aux["loss"]
+        return loss, (rec_loss, aux, new_model_state, reconstruction)
+
+    (loss, (rec_loss, aux, new_model_state, reconstruction)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        ema_params=ema_update(state.ema_params, params, config.train.ema_decay),
+        model_state={**state.model_state, **new_model_state})
+    metrics = dict(
+        loss=loss, reconstruction_loss=rec_loss, codebook_loss=aux["codebook_loss"],
+        commitment_loss=aux["commitment_loss"], perplexity=aux["perplexity"], codes_used=aux["codes_used"],
+        grad_norm=optax.global_norm(grads), learning_rate=learning_rate_schedule(config.train)(state.step),
+        psnr=masked_mean(psnr(to_unit_range(reconstruction), to_unit_range(batch["image"])), batch["mask"]))
+    return new_state, jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+
+
+class Trainer:
+    """Model, optimizer, mesh and shardings of one tokenizer config: shared by train and eval."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_tokenizer(config)
+        self.tx = create_optimizer(config.train)
+        self.mesh = sharding.create_mesh(config.mesh)
+        self.batch_sharding = sharding.batch_sharding(self.mesh, config.mesh.batch_axes)
+        init = functools.partial(init_state, config, self.model, self.tx)
+        abstract = jax.eval_shape(init)
+        self.state_shardings = sharding.tree_shardings(abstract, self.mesh, config.mesh.param_rules)
+        self.abstract_state = checkpoint.abstract_with_shardings(abstract, self.state_shardings).as_dict()
+        self._init = jax.jit(init, out_shardings=self.state_shardings)
+
+    def initial_state(self) -> TrainState:
+        return self._init()
+
+    def restore(self, checkpointer: checkpoint.Checkpointer, step: int | None = None) -> TrainState:
+        return TrainState.from_dict(checkpointer.restore(self.abstract_state, step))
+
+    def compiled_train_step(self):
+        step = functools.partial(train_step, model=self.model, tx=self.tx, config=self.config)
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                       donate_argnums=(0,))
+
+    def reconstruct_fn(self, use_ema_params: bool):
+        """jitted (state, images) → (reconstructions, code indices)."""
+        def reconstruct(state, images):
+            params = state.ema_params if use_ema_params else state.params
+            (recon, aux) = self.model.apply({"params": params, **state.model_state}, images, train=False)
+            return recon, aux["indices"]
+        return jax.jit(reconstruct, in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=self.batch_sharding)
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit cleanly)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def save_config(config, workdir: str):
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def fixed_eval_images(config, count: int) -> np.ndarray:
+    """The first `count` images of the eval split (same every time), for reconstruction grids."""
+    it = pipeline.create_dataset(config.data, split=config.data.eval_split, train=False,
+                                 global_batch_size=count * jax.process_count(), seed=config.seed)
+    return next(iter(it))["image"]
+
+
+def reconstruction_grid(originals, reconstructions, path: str, columns: int = 8):
+    """Rows alternate: originals, then their reconstructions."""
+    originals, reconstructions = np.asarray(originals), np.asarray(reconstructions)
+    n = (len(originals) // columns) * columns
+    pairs = np.stack([originals[:n].reshape(-1, columns, *originals.shape[1:]),
+                      reconstructions[:n].reshape(-1, columns, *originals.shape[1:])], axis=1)
+    return grid.save_grid(pairs.reshape(-1, *originals.shape[1:]), path, columns, scale=2)
+
+
+def train(config, workdir: str):
+    """Trains (or resumes) the tokenizer of `config` in `workdir`; returns the final step's metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    save_config(config, workdir)
+    trainer = Trainer(config)
+    tc = config.train
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, keep_period=tc.keep_every)
+    start = ckpt.latest_step()
+    state = trainer.restore(ckpt, start) if start is not None else trainer.initial_state()
+    start = start or 0
+    if start:
+        print(f"resumed from {ckpt.directory}/{start}", flush=True)
+    if start >= tc.num_steps:
+        print(f"already trained: step {start} >= config.train.num_steps={tc.num_steps}", flush=True)
+        return {}
+
+    data = iter(pipeline.create_dataset(config.data, split=config.data.train_split, train=True,
+                                        global_batch_size=tc.batch_size, seed=config.seed, start_step=start))
+    grid_images = jax.device_put(fixed_eval_images(config, config.eval.num_grid_images),
+                                 trainer.batch_sharding)
+    update = trainer.compiled_train_step()
+    reconstruct = trainer.reconstruct_fn(config.eval.use_ema_params)
+    writer = progress.create_writer(os.path.join(workdir, "tensorboard"))
+    report = progress.Progress(start, tc.num_steps, tc.batch_size)
+    stop = StopSignal()
+    previous = None   # metrics of the step before, read one step late so the host never waits on XLA
+    try:
+        for step in range(start, tc.num_steps):
+            batch = sharding.global_batch(next(data), trainer.batch_sharding)
+            state, metrics = update(state, batch)
+            if previous is not None:
+                check_finite(*previous)
+            previous = (step + 1, metrics)
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.num_steps:
+                scalars = jax.device_get(metrics)
+                writer.write_scalars(done, scalars)
+                print(report.line(done, scalars, ("loss", "reconstruction_loss", "psnr", "perplexity")),
+                      flush=True)
+            if done % tc.grid_every == 0 or done == tc.num_steps:
+                recon, _ = reconstruct(state, grid_images)
+                reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
+                                    os.path.join(workdir, "grids", f"reconstructions_{done:07d}.png"))
+            if done % tc.checkpoint_every == 0 or done == tc.num_steps or stop.received:
+                check_finite(*previous)
+                ckpt.save(done, state.as_dict(), force=True)
+            if stop.received:
+                print(f"{stop.received} received: saved step {done} to {ckpt.directory}; exiting", flush=True)
+                break
+        check_finite(*previous)
+        return jax.device_get(previous[1])
+    finally:
+        stop.restore()
+        ckpt.close()
+        writer.close()
+
+
+def check_finite(step: int, metrics: dict):
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss} at step {step}; lower config.train.learning_rate "
+                                 f"or check the data (the last checkpoint is intact)")
+
+
+def save_metrics(workdir: str, metrics: dict) -> str:
+    """Writes `<workdir>/eval/metrics_<step>.json`."""
+    path = os.path.join(workdir, "eval", f"metrics_{int(metrics['step']):07d}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    return path
