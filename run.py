@@ -5,9 +5,10 @@
 """
 import json
 import os
+import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -17,6 +18,29 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do with t
 flags.mark_flags_as_required(["config", "workdir"])
 
 TRAINERS = ("tokenizer",)
+
+
+def describe_flag_error(error: Exception, argv) -> str:
+    """One line for a flag-parsing failure: the last line of any traceback ml_collections embedded,
+    and for an unknown config key the override that named it."""
+    lines = [l.strip() for l in str(error).replace("\\n", "\n").splitlines() if l.strip()]
+    message = lines[-1] if lines else type(error).__name__
+    message = re.sub(r"^\w+(Error|Exception): ", "", message)
+    if isinstance(error, (AttributeError, KeyError)):
+        message = " ".join(lines).strip("'\"").replace("\\'", "'")
+        key = message.split("'")[1] if message.count("'") >= 2 else ""
+        culprit = next((a for a in argv if a.startswith("--config.") and key and key in a), None)
+        message = f"{culprit or '--config override'}: no such config key {key!r}. " + \
+            message.split("\n")[-1].split("'", 2)[-1].strip(" '\"")
+    return message
+
+
+def parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # absl flag errors, and ml_collections' errors for bad config overrides
+        print(f"error: {describe_flag_error(e, argv)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(config, workdir: str, mode: str):
@@ -37,6 +61,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from vqdiff.errors import UserError
+    logging.set_verbosity(logging.WARNING)   # the progress lines are the log; Orbax's INFO is noise
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except (UserError, FloatingPointError) as e:
@@ -47,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -14,7 +14,10 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 
-def get_config():
+def get_config(variant: str = ""):
+    """`variant`: '' (the default run) or 'tiny' (a seconds-long model and schedule, for tests)."""
+    if variant not in ("", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} of vqvae_fashion_mnist: use '' or 'tiny'")
     config = ml_collections.ConfigDict()
     config.trainer = "tokenizer"
     config.seed = 0
@@ -40,7 +43,16 @@ def get_config():
         reconstruction_loss="mse",
         log_every=100, grid_every=500, checkpoint_every=500, keep_checkpoints=2, keep_every=placeholder(int))
 
-    config.eval = dict(batch_size=500, use_ema_params=True, num_grid_images=64)
+    # Raw params by default: an EMA codebook follows the raw encoder, so EMA encoder weights would be
+    # paired with a codebook that was never fitted to them.
+    config.eval = dict(batch_size=500, use_ema_params=False, num_grid_images=64)
 
     config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+
+    if variant == "tiny":
+        config.model.update(channels=16, norm_groups=4)
+        config.quantizer.update(num_codes=16)
+        config.train.update(num_steps=4, batch_size=16, warmup_steps=1, log_every=1, grid_every=2,
+                            checkpoint_every=2)
+        config.eval.update(batch_size=16, num_grid_images=8)
     return config

@@ -243,7 +243,8 @@ def load_images(path: str | pathlib.Path) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="FID, precision and recall between two image sets.")
+    parser = argparse.ArgumentParser(prog="python -m vqdiff.eval.fid",
+                                     description="FID, precision and recall between two image sets.")
     parser.add_argument("a", help="reference: .npz with uint8 `images` [N, H, W, C], or a folder of images")
     parser.add_argument("b", help="evaluated set, same forms as A")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -251,7 +252,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
-    result = fid_and_pr(load_images(args.a), load_images(args.b), k=args.k, batch_size=args.batch_size, mesh=mesh)
+    result = fid_and_pr(load_images(args.a), load_images(args.b), k=args.k, batch_size=args.batch_size,
+                        mesh=mesh)
     print(json.dumps(result))
 
 

@@ -7,13 +7,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def create_mesh(mesh_config) -> Mesh:
-    """Mesh of all devices with `mesh_config.shape` over `mesh_config.axes`; one -1 takes the rest."""
+def create_mesh(mesh_config, devices=None) -> Mesh:
+    """Mesh of `devices` (default all) with `mesh_config.shape` over `mesh_config.axes`; one -1 takes
+    the rest."""
+    devices = list(jax.devices() if devices is None else devices)
     shape = list(mesh_config.shape)
     axes = tuple(mesh_config.axes)
     if len(shape) != len(axes):
         raise ValueError(f"config.mesh.shape={tuple(shape)} and config.mesh.axes={axes} differ in length")
-    num_devices = jax.device_count()
+    num_devices = len(devices)
     if shape.count(-1) > 1:
         raise ValueError(f"config.mesh.shape={tuple(shape)}: at most one -1")
     if -1 in shape:
@@ -24,7 +26,7 @@ def create_mesh(mesh_config) -> Mesh:
     if int(np.prod(shape)) != num_devices:
         raise ValueError(f"config.mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices, "
                          f"found {num_devices}")
-    return Mesh(np.asarray(jax.devices()).reshape(shape), axes)
+    return Mesh(np.asarray(devices).reshape(shape), axes)
 
 
 def batch_sharding(mesh: Mesh, batch_axes: Sequence[str] = ("data",)) -> NamedSharding:

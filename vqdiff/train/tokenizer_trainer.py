@@ -79,19 +79,20 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config):
     metrics = dict(
         loss=loss, reconstruction_loss=rec_loss, codebook_loss=aux["codebook_loss"],
         commitment_loss=aux["commitment_loss"], perplexity=aux["perplexity"], codes_used=aux["codes_used"],
-        grad_norm=optax.global_norm(grads), learning_rate=learning_rate_schedule(config.train)(state.step),
+        grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_schedule(config.train)(state.step),
         psnr=masked_mean(psnr(to_unit_range(reconstruction), to_unit_range(batch["image"])), batch["mask"]))
     return new_state, jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
 class Trainer:
-    """Model, optimizer, mesh and shardings of one tokenizer config: shared by train and eval."""
+    """Model, optimizer, mesh and shardings of one tokenizer config: shared by train and eval.
+    `devices` (default all) is the set the mesh spans."""
 
-    def __init__(self, config):
+    def __init__(self, config, devices=None):
         self.config = config
         self.model = build_tokenizer(config)
         self.tx = create_optimizer(config.train)
-        self.mesh = sharding.create_mesh(config.mesh)
+        self.mesh = sharding.create_mesh(config.mesh, devices)
         self.batch_sharding = sharding.batch_sharding(self.mesh, config.mesh.batch_axes)
         init = functools.partial(init_state, config, self.model, self.tx)
         abstract = jax.eval_shape(init)

@@ -1,0 +1,32 @@
+"""The ImageNet config builds its real model and takes real update steps (on mock data: no download)."""
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from vqdiff.data import pipeline
+from vqdiff.models.autoencoder import downsampling_factor
+from vqdiff.train import sharding
+from vqdiff.train.tokenizer_trainer import Trainer
+
+from conftest import load_experiment
+
+
+@pytest.mark.slow
+def test_imagenet_config_runs_two_update_steps_on_mock_data():
+    config = load_experiment("vqvae_imagenet")
+    assert downsampling_factor(config.model) == 8
+    config.train.batch_size = 8     # the real model; a CPU-sized batch
+    trainer = Trainer(config)
+    state = trainer.initial_state()
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    assert num_params > 40e6          # the taming/LDM f8 autoencoder, not a toy
+    update = trainer.compiled_train_step()
+    with tfds.testing.mock_data(num_examples=16):
+        data = pipeline.create_dataset(config.data, split="train", train=True, global_batch_size=8, seed=0)
+        for _ in range(2):
+            batch = next(data)
+            assert batch["image"].shape == (8, 256, 256, 3)
+            state, metrics = update(state, sharding.global_batch(batch, trainer.batch_sharding))
+            assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 2
