@@ -9,6 +9,15 @@ def to_unit_range(x):
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 
+def crop_padding(images, image_size: int, pad_to: int):
+    """Removes the symmetric padding the input pipeline added (pad_to > image_size), so metrics are
+    taken at the dataset's native resolution. images: [B, pad_to, pad_to, C] → [B, S, S, C]."""
+    if not pad_to or pad_to <= image_size:
+        return images
+    offset = (pad_to - image_size) // 2
+    return images[:, offset:offset + image_size, offset:offset + image_size]
+
+
 def psnr(x, y, max_value: float = 1.0):
     """Peak signal-to-noise ratio in dB per image. x, y: [B, H, W, C] → [B]."""
     mse = jnp.mean(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)), axis=(1, 2, 3))

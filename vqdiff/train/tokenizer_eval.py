@@ -5,18 +5,9 @@ import jax
 import numpy as np
 
 from vqdiff.data import pipeline
-from vqdiff.eval.image_metrics import psnr, ssim, to_unit_range
+from vqdiff.eval.image_metrics import crop_padding, psnr, ssim, to_unit_range
 from vqdiff.train import checkpoint, sharding
 from vqdiff.train.tokenizer_trainer import Trainer, reconstruction_grid, save_metrics
-
-
-def crop_padding(images, data_config):
-    """Removes the symmetric padding the pipeline added (pad_to > image_size): metrics are taken at the
-    dataset's native resolution."""
-    if not data_config.pad_to or data_config.pad_to <= data_config.image_size:
-        return images
-    offset = (data_config.pad_to - data_config.image_size) // 2
-    return images[:, offset:offset + data_config.image_size, offset:offset + data_config.image_size]
 
 
 def codebook_statistics(code_counts: np.ndarray) -> dict:
@@ -42,8 +33,8 @@ def evaluate(config, workdir: str) -> dict:
 
     @jax.jit
     def image_metrics(images, reconstructions):
-        x = to_unit_range(crop_padding(images, config.data))
-        y = to_unit_range(crop_padding(reconstructions, config.data))
+        x = to_unit_range(crop_padding(images, config.data.image_size, config.data.pad_to))
+        y = to_unit_range(crop_padding(reconstructions, config.data.image_size, config.data.pad_to))
         return psnr(y, x), ssim(y, x)
 
     num_codes = config.quantizer.num_codes

@@ -12,7 +12,7 @@ import optax
 from vqdiff.data import pipeline
 from vqdiff.errors import UserError
 from vqdiff.eval import grid
-from vqdiff.eval.image_metrics import psnr, to_unit_range
+from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.models.autoencoder import VQAutoencoder
 from vqdiff.train import checkpoint, progress, sharding
 from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
@@ -80,7 +80,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config):
         loss=loss, reconstruction_loss=rec_loss, codebook_loss=aux["codebook_loss"],
         commitment_loss=aux["commitment_loss"], perplexity=aux["perplexity"], codes_used=aux["codes_used"],
         grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_schedule(config.train)(state.step),
-        psnr=masked_mean(psnr(to_unit_range(reconstruction), to_unit_range(batch["image"])), batch["mask"]))
+        psnr=masked_mean(psnr(*(to_unit_range(crop_padding(x, config.data.image_size, config.data.pad_to))
+                                for x in (reconstruction, batch["image"]))), batch["mask"]))
     return new_state, jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
