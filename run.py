@@ -64,10 +64,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)   # the progress lines are the log; Orbax's INFO is noise
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-    except (UserError, FloatingPointError) as e:
+    except (UserError, FloatingPointError, FileNotFoundError, ValueError) as e:
+        # Problems the user can fix, from our checks, the data pipeline or TFDS: one line. A ValueError
+        # from a bug would be shortened too: VQDIFF_TRACEBACK=1 shows the traceback.
         if os.environ.get("VQDIFF_TRACEBACK"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split()) if isinstance(e, (UserError, FloatingPointError)) else \
+            f"{' '.join(str(e).split())} (VQDIFF_TRACEBACK=1 shows where)"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
 
 

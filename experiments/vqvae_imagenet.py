@@ -41,7 +41,7 @@ def get_config():
     config.train = dict(
         num_steps=200_000, batch_size=256, learning_rate=2e-4, end_learning_rate=1e-5, warmup_steps=5_000,
         weight_decay=1e-4, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
-        reconstruction_loss="mse",
+        reconstruction_loss="mse", skip_nonfinite=False,
         log_every=100, grid_every=5_000, checkpoint_every=5_000, keep_checkpoints=3, keep_every=50_000)
 
     config.eval = dict(batch_size=256, use_ema_params=False, num_grid_images=32)

@@ -11,22 +11,33 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import importlib.util
-import pathlib
+import pytest  # noqa: E402
 
-import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from support import idx_bytes, write_fake_fashion_mnist  # noqa: E402
 
 
-def load_experiment(name: str, variant: str = ""):
-    """`get_config(variant)` of experiments/<name>.py, as run.py's --config=<file>:<variant> would."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+@pytest.fixture(scope="session")
+def fake_fashion_mnist(tmp_path_factory):
+    """(folder, {split: (images [N, 28, 28] uint8, labels [N] uint8)}) of a 20/10 fake dataset."""
+    folder = tmp_path_factory.mktemp("fake_fashion_mnist")
+    return folder, write_fake_fashion_mnist(folder)
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_mnist_data_dir(tmp_path_factory, fake_fashion_mnist):
+    """A TFDS data_dir holding `fashion_mnist_local` prepared from the fake folder."""
+    import tensorflow_datasets as tfds
+
+    from vqdiff.data import fashion_mnist_local  # noqa: F401  Registers the builder.
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    builder = tfds.builder(
+        "fashion_mnist_local", data_dir=data_dir, source_dir=str(fake_fashion_mnist[0]))
+    builder.download_and_prepare()
+    return data_dir
 
 
 @pytest.fixture
-def experiment():
-    return load_experiment
+def encode_idx():
+    """`idx_bytes`, for tests that write their own IDX files."""
+    return idx_bytes

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 
 CONFIG = str(REPO / "experiments" / "vqvae_fashion_mnist.py")
 

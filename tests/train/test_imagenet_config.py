@@ -9,7 +9,7 @@ from vqdiff.models.autoencoder import downsampling_factor
 from vqdiff.train import sharding
 from vqdiff.train.tokenizer_trainer import Trainer
 
-from conftest import load_experiment
+from support import load_experiment
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from vqdiff.eval.image_metrics import crop_padding
 from vqdiff.train.tokenizer_eval import codebook_statistics, evaluate
 from vqdiff.train.tokenizer_trainer import Trainer, train
 
-from conftest import load_experiment
+from support import load_experiment
 
 NUM_EXAMPLES = 48
 

@@ -8,6 +8,7 @@ from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding, psnr, ssim, to_unit_range
 from vqdiff.train import checkpoint, sharding
 from vqdiff.train.tokenizer_trainer import Trainer, reconstruction_grid, save_metrics
+from vqdiff.train.validation import validate_tokenizer_config
 
 
 def codebook_statistics(code_counts: np.ndarray) -> dict:
@@ -25,6 +26,7 @@ def evaluate(config, workdir: str) -> dict:
     `psnr` (dB, mean over images of [0, 1] pixels), `ssim`, `codebook_usage` (0–1), `perplexity`,
     `num_images`; saves a reconstruction grid beside it.
     """
+    validate_tokenizer_config(config)
     trainer = Trainer(config)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     state = trainer.restore(ckpt)

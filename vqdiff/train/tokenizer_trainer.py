@@ -16,7 +16,9 @@ from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.models.autoencoder import VQAutoencoder
 from vqdiff.train import checkpoint, progress, sharding
 from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
-from vqdiff.train.state import TrainState, ema_update, step_rng
+from vqdiff.train.state import TrainState, ema_update, skip_if_nonfinite, step_rng
+from vqdiff.train.validation import validate_tokenizer_config
+from vqdiff.train.workdir_lock import WorkdirLock
 
 
 def build_tokenizer(config) -> VQAutoencoder:
@@ -37,7 +39,7 @@ def init_state(config, model, tx) -> TrainState:
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params, model_state=model_state)
+                      ema_params=params, model_state=model_state, skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def reconstruction_error(x, y, kind: str):
@@ -76,10 +78,14 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config):
         step=state.step + 1, params=params, opt_state=opt_state,
         ema_params=ema_update(state.ema_params, params, config.train.ema_decay),
         model_state={**state.model_state, **new_model_state})
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if config.train.skip_nonfinite:
+        new_state = skip_if_nonfinite(state, new_state, finite)
     metrics = dict(
         loss=loss, reconstruction_loss=rec_loss, codebook_loss=aux["codebook_loss"],
         commitment_loss=aux["commitment_loss"], perplexity=aux["perplexity"], codes_used=aux["codes_used"],
-        grad_norm=optax.tree.norm(grads), learning_rate=learning_rate_schedule(config.train)(state.step),
+        grad_norm=grad_norm, skipped_steps=new_state.skipped_steps, learning_rate=learning_rate_schedule(config.train)(state.step),
         psnr=masked_mean(psnr(*(to_unit_range(crop_padding(x, config.data.image_size, config.data.pad_to))
                                 for x in (reconstruction, batch["image"]))), batch["mask"]))
     return new_state, jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
@@ -163,9 +169,15 @@ def reconstruction_grid(originals, reconstructions, path: str, columns: int = 8)
 
 
 def train(config, workdir: str):
-    """Trains (or resumes) the tokenizer of `config` in `workdir`; returns the final step's metrics."""
+    """Trains (or resumes) the tokenizer of `config` in `workdir`; returns the last step's metrics."""
+    validate_tokenizer_config(config)
     os.makedirs(workdir, exist_ok=True)
-    save_config(config, workdir)
+    with WorkdirLock(workdir):
+        save_config(config, workdir)
+        return _train_locked(config, workdir)
+
+
+def _train_locked(config, workdir: str):
     trainer = Trainer(config)
     tc = config.train
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, keep_period=tc.keep_every)
@@ -176,6 +188,7 @@ def train(config, workdir: str):
         print(f"resumed from {ckpt.directory}/{start}", flush=True)
     if start >= tc.num_steps:
         print(f"already trained: step {start} >= config.train.num_steps={tc.num_steps}", flush=True)
+        ckpt.close()
         return {}
 
     data = iter(pipeline.create_dataset(config.data, split=config.data.train_split, train=True,
@@ -185,45 +198,70 @@ def train(config, workdir: str):
     update = trainer.compiled_train_step()
     reconstruct = trainer.reconstruct_fn(config.eval.use_ema_params)
     writer = progress.create_writer(os.path.join(workdir, "tensorboard"))
+    log = MetricsLog(os.path.join(workdir, "train_metrics.jsonl"))
     report = progress.Progress(start, tc.num_steps, tc.batch_size)
     stop = StopSignal()
-    previous = None   # metrics of the step before, read one step late so the host never waits on XLA
+    check = (lambda *a: None) if tc.skip_nonfinite else check_finite
+    previous = None   # (step, metrics) of the step before: read one step late so the host never waits
     try:
         for step in range(start, tc.num_steps):
             batch = sharding.global_batch(next(data), trainer.batch_sharding)
             state, metrics = update(state, batch)
             if previous is not None:
-                check_finite(*previous)
+                check(*previous)
             previous = (step + 1, metrics)
             done = step + 1
             if done % tc.log_every == 0 or done == tc.num_steps:
                 scalars = jax.device_get(metrics)
                 writer.write_scalars(done, scalars)
-                print(report.line(done, scalars, ("loss", "reconstruction_loss", "psnr", "perplexity")),
-                      flush=True)
+                log.write(done, scalars)
+                print(report.line(done, scalars, ("loss", "reconstruction_loss", "psnr", "perplexity",
+                                                   "skipped_steps")), flush=True)
             if done % tc.grid_every == 0 or done == tc.num_steps:
                 recon, _ = reconstruct(state, grid_images)
                 reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
                                     os.path.join(workdir, "grids", f"reconstructions_{done:07d}.png"))
             if done % tc.checkpoint_every == 0 or done == tc.num_steps or stop.received:
-                check_finite(*previous)
+                check(*previous)
                 ckpt.save(done, state.as_dict(), force=True)
             if stop.received:
                 print(f"{stop.received} received: saved step {done} to {ckpt.directory}; exiting", flush=True)
                 break
-        check_finite(*previous)
+        check(*previous)
         return jax.device_get(previous[1])
     finally:
         stop.restore()
         ckpt.close()
         writer.close()
+        log.close()
+
+
+class MetricsLog:
+    """Appends one JSON line {"step": ..., metrics...} per logged step (process 0), flushed at once so
+    that a killed run keeps every line it logged."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "a") if jax.process_index() == 0 else None
+
+    def write(self, step: int, scalars: dict):
+        if self.file:
+            self.file.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
 
 
 def check_finite(step: int, metrics: dict):
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss} at step {step}; lower config.train.learning_rate "
-                                 f"or check the data (the last checkpoint is intact)")
+    """Raises FloatingPointError naming the step and the metric when the loss or gradient is NaN/Inf."""
+    for name in ("loss", "grad_norm"):
+        value = float(metrics[name])
+        if not np.isfinite(value):
+            raise FloatingPointError(
+                f"non-finite {name} ({value}) at step {step}; the last checkpoint is intact. Lower "
+                f"config.train.learning_rate, check the data, or set config.train.skip_nonfinite=True to "
+                f"skip such updates")
 
 
 def save_metrics(workdir: str, metrics: dict) -> str:

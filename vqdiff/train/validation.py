@@ -1,0 +1,69 @@
+"""Up-front checks of a config, before anything is compiled: each failure is one UserError that names
+the key, the value and what to do."""
+import math
+
+import jax
+
+from vqdiff.errors import UserError
+from vqdiff.models.autoencoder import downsampling_factor
+from vqdiff.train import sharding
+
+
+def check(condition: bool, message: str):
+    if not condition:
+        raise UserError(message)
+
+
+def validate_common(config):
+    """Data, batch and mesh keys every trainer shares."""
+    d, t = config.data, config.train
+    check(d.channels in (1, 3), f"config.data.channels={d.channels}: use 1 (grayscale) or 3 (RGB)")
+    check(d.image_size > 0, f"config.data.image_size={d.image_size} must be positive")
+    check(not d.pad_to or d.pad_to >= d.image_size,
+          f"config.data.pad_to={d.pad_to} is smaller than config.data.image_size={d.image_size}: "
+          f"use 0 (no padding) or a size ≥ image_size")
+    check(t.num_steps > 0, f"config.train.num_steps={t.num_steps} must be positive")
+    check(t.batch_size > 0, f"config.train.batch_size={t.batch_size} must be positive")
+    for key in ("log_every", "checkpoint_every", "grid_every", "keep_checkpoints"):
+        check(t[key] > 0, f"config.train.{key}={t[key]} must be positive")
+    check(t.learning_rate > 0, f"config.train.learning_rate={t.learning_rate} must be positive")
+    check(t.batch_size % jax.process_count() == 0,
+          f"config.train.batch_size={t.batch_size} is not divisible by the {jax.process_count()} processes")
+    try:
+        mesh = sharding.create_mesh(config.mesh)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    unknown = [a for a in config.mesh.batch_axes if a not in mesh.shape]
+    check(not unknown, f"config.mesh.batch_axes={tuple(config.mesh.batch_axes)} names axes {unknown} that "
+                       f"config.mesh.axes={tuple(config.mesh.axes)} lacks")
+    data_parallel = math.prod(mesh.shape[a] for a in config.mesh.batch_axes)
+    check(t.batch_size % data_parallel == 0,
+          f"config.train.batch_size={t.batch_size} is not divisible by the {data_parallel} devices of the "
+          f"batch axes {tuple(config.mesh.batch_axes)}: use a multiple of {data_parallel}")
+
+
+def validate_tokenizer_config(config):
+    """Checks a tokenizer (VQ-VAE/VQGAN) config; raises UserError on the first problem."""
+    validate_common(config)
+    m, q, d = config.model, config.quantizer, config.data
+    check(len(m.channel_multipliers) > 0, "config.model.channel_multipliers is empty: give one per level")
+    check(m.space_to_depth >= 1, f"config.model.space_to_depth={m.space_to_depth} must be ≥ 1")
+    factor = downsampling_factor(m)
+    side = d.pad_to or d.image_size
+    check(side % factor == 0,
+          f"image side {side} (config.data.{'pad_to' if d.pad_to else 'image_size'}) is not divisible by "
+          f"the downsampling factor {factor} (space_to_depth × 2^(levels−1)); pad with config.data.pad_to="
+          f"{-(-side // factor) * factor}")
+    check(m.channels % m.norm_groups == 0,
+          f"config.model.channels={m.channels} is not divisible by config.model.norm_groups={m.norm_groups}")
+    check(m.upsample in ("depth_to_space", "nearest"),
+          f"config.model.upsample={m.upsample!r}: use 'depth_to_space' or 'nearest'")
+    check(q.num_codes >= 2, f"config.quantizer.num_codes={q.num_codes} must be ≥ 2")
+    check(q.embedding_dim >= 1, f"config.quantizer.embedding_dim={q.embedding_dim} must be ≥ 1")
+    check(q.lookup_dim is None or 1 <= q.lookup_dim,
+          f"config.quantizer.lookup_dim={q.lookup_dim}: use None (lookup in embedding_dim) or a positive size")
+    check(0 <= q.ema_decay < 1, f"config.quantizer.ema_decay={q.ema_decay} must be in [0, 1)")
+    check(q.dead_code_threshold == 0 or q.use_ema,
+          f"config.quantizer.dead_code_threshold={q.dead_code_threshold} needs config.quantizer.use_ema=True")
+    check(config.train.reconstruction_loss in ("mse", "l1"),
+          f"config.train.reconstruction_loss={config.train.reconstruction_loss!r}: use 'mse' or 'l1'")
