@@ -41,7 +41,7 @@ def get_config(variant: str = ""):
         use_ema=True, ema_decay=0.99, ema_epsilon=1e-5, dead_code_threshold=1.0)
 
     config.train = dict(
-        num_steps=2200, batch_size=32, learning_rate=2e-3, end_learning_rate=1e-4, warmup_steps=100,
+        num_steps=2000, batch_size=32, learning_rate=2e-3, end_learning_rate=1e-4, warmup_steps=100,
         weight_decay=1e-4, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
         reconstruction_loss="mse", skip_nonfinite=False,
         log_every=100, grid_every=1000, checkpoint_every=500, keep_checkpoints=2, keep_every=placeholder(int))
