@@ -6,8 +6,9 @@ Reads the Debian package's IDX files (`dataset-fashion-mnist`, /usr/share/datase
 numpy. Takes N random train and N random test images; the blurred and noisy sets are the same test
 images under a Gaussian blur (σ = 1 px) and additive Gaussian noise (σ = 0.1 on the [0, 1] scale).
 Features of each set are cached (vqdiff.eval.fid.cached_reference_statistics), so a rerun is instant.
-Expected on 2 shared CPU cores, N = 2000: about an hour (8000 Inception passes at 2–3 images/s).
 Prints one JSON line with the three FIDs, precision/recall of each pair, and the runtime.
+Measured on 2 shared CPU cores, N = 2000, seed 0: 58 min (8000 Inception passes at 1.4–2.3 images/s),
+FID train/test 12.57 < test/blurred 90.18 < test/noisy 119.45.
 """
 import argparse
 import gzip
