@@ -1,6 +1,7 @@
 """vqdiff entry point: flags → config → mode → trainer.
 
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W [--mode=train|eval]
+    python run.py --config=experiments/dit_fashion_mnist.py --workdir=W [--mode=train|sample|eval]
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W --config.train.num_steps=100
 """
 import json
@@ -14,10 +15,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, grids and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do with the config and workdir.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
+                          "What to do with the config and workdir (sample: DiT configs only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TRAINERS = ("tokenizer",)
+TRAINERS = ("tokenizer", "dit")
 
 
 def describe_flag_error(error: Exception, argv) -> str:
@@ -47,14 +49,25 @@ def run(config, workdir: str, mode: str):
     from vqdiff.errors import UserError
     if config.trainer not in TRAINERS:
         raise UserError(f"config.trainer={config.trainer!r} is not one of {', '.join(TRAINERS)}")
-    if mode == "train":
-        from vqdiff.train import tokenizer_trainer
-        tokenizer_trainer.train(config, workdir)
-    elif mode == "eval":
-        if not os.path.isdir(workdir):
-            raise UserError(f"--workdir={workdir} does not exist: train first with --mode=train")
-        from vqdiff.train import tokenizer_eval
-        print(json.dumps(tokenizer_eval.evaluate(config, workdir)), flush=True)
+    if mode != "train" and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} does not exist: train first with --mode=train")
+    if config.trainer == "tokenizer":
+        if mode == "sample":
+            raise UserError("--mode=sample draws from a DiT; a tokenizer config has train and eval "
+                            "(its reconstruction grids are in <workdir>/grids and <workdir>/eval)")
+        from vqdiff.train import tokenizer_eval, tokenizer_trainer
+        if mode == "train":
+            tokenizer_trainer.train(config, workdir)
+        else:
+            print(json.dumps(tokenizer_eval.evaluate(config, workdir)), flush=True)
+    else:
+        from vqdiff.train import dit_eval, dit_trainer
+        if mode == "train":
+            dit_trainer.train(config, workdir)
+        elif mode == "sample":
+            print(json.dumps(dit_eval.sample(config, workdir)), flush=True)
+        else:
+            print(json.dumps(dit_eval.evaluate(config, workdir)), flush=True)
 
 
 def main(argv):

@@ -48,7 +48,8 @@ def get_config(variant: str = ""):
 
     # Raw params by default: an EMA codebook follows the raw encoder, so EMA encoder weights would be
     # paired with a codebook that was never fitted to them.
-    config.eval = dict(batch_size=500, use_ema_params=False, num_grid_images=64)
+    config.eval = dict(batch_size=500, use_ema_params=False, num_grid_images=64,
+                       lpips_backbone="alexnet", rfid_num_images=1000)
 
     config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
 
@@ -57,5 +58,5 @@ def get_config(variant: str = ""):
         config.quantizer.update(num_codes=16)
         config.train.update(num_steps=4, batch_size=16, warmup_steps=1, log_every=1, grid_every=2,
                             checkpoint_every=2)
-        config.eval.update(batch_size=16, num_grid_images=8)
+        config.eval.update(batch_size=16, num_grid_images=8, rfid_num_images=0)
     return config

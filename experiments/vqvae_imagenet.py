@@ -44,7 +44,8 @@ def get_config():
         reconstruction_loss="mse", skip_nonfinite=False,
         log_every=100, grid_every=5_000, checkpoint_every=5_000, keep_checkpoints=3, keep_every=50_000)
 
-    config.eval = dict(batch_size=256, use_ema_params=False, num_grid_images=32)
+    config.eval = dict(batch_size=256, use_ema_params=False, num_grid_images=32,
+                       lpips_backbone="alexnet", rfid_num_images=50_000)
 
     config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
     return config

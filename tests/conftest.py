@@ -43,3 +43,14 @@ def fake_fashion_mnist_data_dir(tmp_path_factory, fake_fashion_mnist):
 def encode_idx():
     """`idx_bytes`, for tests that write their own IDX files."""
     return idx_bytes
+
+
+@pytest.fixture(scope="session")
+def weights_cache(tmp_path_factory):
+    """Points vqdiff's weights cache at the session's shared folder (the one the LPIPS and Inception test
+    modules convert into), so pretrained networks convert once per test session, offline."""
+    from vqdiff import weights
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(weights.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "vqdiff_cache"))
+        yield

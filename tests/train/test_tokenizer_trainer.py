@@ -7,7 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vqdiff.train import checkpoint, sharding
+from vqdiff.eval import fid
 from vqdiff.eval.image_metrics import crop_padding
+from vqdiff.models.lpips import make_lpips_fn
 from vqdiff.train.tokenizer_eval import codebook_statistics, evaluate
 from vqdiff.train.tokenizer_trainer import Trainer, train
 
@@ -84,8 +86,10 @@ def test_training_writes_config_grids_and_events(trained_runs):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
 
 
-def test_eval_metrics_match_numpy_over_the_split(trained_runs):
+def test_eval_metrics_match_numpy_over_the_split(trained_runs, weights_cache):
+    pytest.importorskip("torch")  # converts the Inception weights for rFID
     config = tiny_config()
+    config.eval.rfid_num_images = 16
     workdir = str(trained_runs / "full")
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
         metrics = evaluate(config, workdir)
@@ -99,8 +103,13 @@ def test_eval_metrics_match_numpy_over_the_split(trained_runs):
     y = np.clip((crop_padding(np.asarray(recon), 28, 32) + 1) / 2, 0, 1)
     psnr = np.mean(10 * np.log10(1 / np.mean((x - y) ** 2, axis=(1, 2, 3))))
     counts = np.bincount(np.asarray(indices).ravel(), minlength=16)
+    lpips = np.mean(make_lpips_fn(config.eval.lpips_backbone)(np.asarray(recon), images))
+    uint8 = lambda z: np.round(z * 255).astype(np.uint8)
+    rfid = fid.fid_and_pr(uint8(x[:16]), uint8(y[:16]))["fid"]
     assert metrics["step"] == 4 and metrics["num_images"] == NUM_EXAMPLES
     assert metrics["psnr"] == pytest.approx(psnr, rel=1e-4)
+    assert metrics["lpips"] == pytest.approx(lpips, rel=1e-4)
+    assert metrics["rfid"] == pytest.approx(rfid, rel=1e-3) and metrics["rfid_num_images"] == 16
     assert metrics["codebook_usage"] == pytest.approx(np.mean(counts > 0))
     assert 0 < metrics["ssim"] <= 1
     with open(os.path.join(workdir, "eval", "metrics_0000004.json")) as f:

@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +13,10 @@ from vqdiff.errors import UserError
 from vqdiff.eval import grid
 from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.models.autoencoder import VQAutoencoder
-from vqdiff.train import checkpoint, progress, sharding
+from vqdiff.train import checkpoint, loop, sharding
 from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from vqdiff.train.state import TrainState, ema_update, skip_if_nonfinite, step_rng
 from vqdiff.train.validation import validate_tokenizer_config
-from vqdiff.train.workdir_lock import WorkdirLock
 
 
 def build_tokenizer(config) -> VQAutoencoder:
@@ -129,29 +127,6 @@ class Trainer:
                        out_shardings=self.batch_sharding)
 
 
-class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit cleanly)."""
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def save_config(config, workdir: str):
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-
 def fixed_eval_images(config, count: int) -> np.ndarray:
     """The first `count` images of the eval split (same every time), for reconstruction grids."""
     it = pipeline.create_dataset(config.data, split=config.data.eval_split, train=False,
@@ -171,97 +146,27 @@ def reconstruction_grid(originals, reconstructions, path: str, columns: int = 8)
 def train(config, workdir: str):
     """Trains (or resumes) the tokenizer of `config` in `workdir`; returns the last step's metrics."""
     validate_tokenizer_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    with WorkdirLock(workdir):
-        save_config(config, workdir)
-        return _train_locked(config, workdir)
+    return loop.train_in_workdir(config, workdir, lambda: _train(config, workdir))
 
 
-def _train_locked(config, workdir: str):
+def _train(config, workdir: str):
     trainer = Trainer(config)
-    tc = config.train
-    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints, keep_period=tc.keep_every)
-    start = ckpt.latest_step()
-    state = trainer.restore(ckpt, start) if start is not None else trainer.initial_state()
-    start = start or 0
-    if start:
-        print(f"resumed from {ckpt.directory}/{start}", flush=True)
-    if start >= tc.num_steps:
-        print(f"already trained: step {start} >= config.train.num_steps={tc.num_steps}", flush=True)
-        ckpt.close()
-        return {}
-
-    data = iter(pipeline.create_dataset(config.data, split=config.data.train_split, train=True,
-                                        global_batch_size=tc.batch_size, seed=config.seed, start_step=start))
     grid_images = jax.device_put(fixed_eval_images(config, config.eval.num_grid_images),
                                  trainer.batch_sharding)
-    update = trainer.compiled_train_step()
     reconstruct = trainer.reconstruct_fn(config.eval.use_ema_params)
-    writer = progress.create_writer(os.path.join(workdir, "tensorboard"))
-    log = MetricsLog(os.path.join(workdir, "train_metrics.jsonl"))
-    report = progress.Progress(start, tc.num_steps, tc.batch_size)
-    stop = StopSignal()
-    check = (lambda *a: None) if tc.skip_nonfinite else check_finite
-    previous = None   # (step, metrics) of the step before: read one step late so the host never waits
-    try:
-        for step in range(start, tc.num_steps):
-            batch = sharding.global_batch(next(data), trainer.batch_sharding)
-            state, metrics = update(state, batch)
-            if previous is not None:
-                check(*previous)
-            previous = (step + 1, metrics)
-            done = step + 1
-            if done % tc.log_every == 0 or done == tc.num_steps:
-                scalars = jax.device_get(metrics)
-                writer.write_scalars(done, scalars)
-                log.write(done, scalars)
-                print(report.line(done, scalars, ("loss", "reconstruction_loss", "psnr", "perplexity",
-                                                   "skipped_steps")), flush=True)
-            if done % tc.grid_every == 0 or done == tc.num_steps:
-                recon, _ = reconstruct(state, grid_images)
-                reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
-                                    os.path.join(workdir, "grids", f"reconstructions_{done:07d}.png"))
-            if done % tc.checkpoint_every == 0 or done == tc.num_steps or stop.received:
-                check(*previous)
-                ckpt.save(done, state.as_dict(), force=True)
-            if stop.received:
-                print(f"{stop.received} received: saved step {done} to {ckpt.directory}; exiting", flush=True)
-                break
-        check(*previous)
-        return jax.device_get(previous[1])
-    finally:
-        stop.restore()
-        ckpt.close()
-        writer.close()
-        log.close()
 
+    def make_batches(start):
+        return iter(pipeline.create_dataset(config.data, split=config.data.train_split, train=True,
+                                            global_batch_size=config.train.batch_size, seed=config.seed,
+                                            start_step=start))
 
-class MetricsLog:
-    """Appends one JSON line {"step": ..., metrics...} per logged step (process 0), flushed at once so
-    that a killed run keeps every line it logged."""
+    def draw_grid(state, step):
+        recon, _ = reconstruct(state, grid_images)
+        reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
+                            os.path.join(workdir, "grids", f"reconstructions_{step:07d}.png"))
 
-    def __init__(self, path: str):
-        self.file = open(path, "a") if jax.process_index() == 0 else None
-
-    def write(self, step: int, scalars: dict):
-        if self.file:
-            self.file.write(json.dumps({"step": step, **{k: float(v) for k, v in scalars.items()}}) + "\n")
-            self.file.flush()
-
-    def close(self):
-        if self.file:
-            self.file.close()
-
-
-def check_finite(step: int, metrics: dict):
-    """Raises FloatingPointError naming the step and the metric when the loss or gradient is NaN/Inf."""
-    for name in ("loss", "grad_norm"):
-        value = float(metrics[name])
-        if not np.isfinite(value):
-            raise FloatingPointError(
-                f"non-finite {name} ({value}) at step {step}; the last checkpoint is intact. Lower "
-                f"config.train.learning_rate, check the data, or set config.train.skip_nonfinite=True to "
-                f"skip such updates")
+    return loop.run_loop(config, workdir, trainer, make_batches=make_batches, draw_grid=draw_grid,
+                         progress_keys=("loss", "reconstruction_loss", "psnr", "perplexity", "skipped_steps"))
 
 
 def save_metrics(workdir: str, metrics: dict) -> str:

@@ -65,5 +65,56 @@ def validate_tokenizer_config(config):
     check(0 <= q.ema_decay < 1, f"config.quantizer.ema_decay={q.ema_decay} must be in [0, 1)")
     check(q.dead_code_threshold == 0 or q.use_ema,
           f"config.quantizer.dead_code_threshold={q.dead_code_threshold} needs config.quantizer.use_ema=True")
+    e = config.eval
+    check(e.lpips_backbone in ("alexnet", "vgg16"),
+          f"config.eval.lpips_backbone={e.lpips_backbone!r}: use 'alexnet' or 'vgg16'")
+    check(e.lpips_backbone != "alexnet" or (d.pad_to or d.image_size) >= 31,
+          f"config.eval.lpips_backbone='alexnet' needs images of at least 31 pixels, these are "
+          f"{d.pad_to or d.image_size}: use 'vgg16' or pad with config.data.pad_to=32")
+    check(e.rfid_num_images == 0 or e.rfid_num_images >= 2,
+          f"config.eval.rfid_num_images={e.rfid_num_images}: use 0 (no rFID) or at least 2 images")
     check(config.train.reconstruction_loss in ("mse", "l1"),
           f"config.train.reconstruction_loss={config.train.reconstruction_loss!r}: use 'mse' or 'l1'")
+
+
+def validate_dit_config(config):
+    """Checks a latent DiT config (before the tokenizer is loaded); raises UserError on the first problem."""
+    from vqdiff.diffusion.gaussian import PREDICTIONS
+    from vqdiff.diffusion.schedules import SCHEDULES
+    from vqdiff.models.dit import VARIANTS
+    from vqdiff.train.frozen_tokenizer import LATENT_KINDS
+
+    validate_common(config)
+    t, m, diff, s, e = config.tokenizer, config.model, config.diffusion, config.sample, config.eval
+    check(bool(t.workdir), "config.tokenizer.workdir is empty: name the workdir of a trained tokenizer")
+    check(t.latents in LATENT_KINDS, f"config.tokenizer.latents={t.latents!r}: use one of {LATENT_KINDS}")
+    if m.variant:
+        check(m.variant.removeprefix("DiT-") in VARIANTS,
+              f"config.model.variant={m.variant!r}: use one of {', '.join(VARIANTS)}, or None with explicit "
+              f"depth/hidden_size/patch_size/num_heads")
+    else:
+        check(m.hidden_size % m.num_heads == 0,
+              f"config.model.hidden_size={m.hidden_size} is not divisible by config.model.num_heads={m.num_heads}")
+        check(m.hidden_size % 4 == 0, f"config.model.hidden_size={m.hidden_size} must be a multiple of 4 "
+                                      f"(2-D sin-cos position embedding)")
+    check(m.num_classes >= 1, f"config.model.num_classes={m.num_classes} must be ≥ 1")
+    check(0 <= m.class_dropout_prob < 1, f"config.model.class_dropout_prob={m.class_dropout_prob} must be in "
+                                         f"[0, 1) (> 0 trains the null label that guidance needs)")
+    check(diff.prediction in PREDICTIONS, f"config.diffusion.prediction={diff.prediction!r}: use one of "
+                                          f"{PREDICTIONS}")
+    check(diff.schedule in SCHEDULES, f"config.diffusion.schedule={diff.schedule!r}: use one of {SCHEDULES}")
+    check(diff.num_timesteps >= 2, f"config.diffusion.num_timesteps={diff.num_timesteps} must be ≥ 2")
+    check(s.sampler in ("ddim", "ddpm"), f"config.sample.sampler={s.sampler!r}: use 'ddim' or 'ddpm'")
+    for name, value in (("config.sample.num_steps", s.num_steps),
+                        ("config.train_grid.num_steps", config.train_grid.num_steps)):
+        check(2 <= value <= diff.num_timesteps,
+              f"{name}={value} must lie in [2, config.diffusion.num_timesteps={diff.num_timesteps}]")
+    check(s.guidance_scale >= 0, f"config.sample.guidance_scale={s.guidance_scale} must be ≥ 0 (1 = no guidance)")
+    check(s.guidance_scale == 1 or m.class_dropout_prob > 0,
+          f"config.sample.guidance_scale={s.guidance_scale} needs a model trained with label dropout "
+          f"(config.model.class_dropout_prob > 0); use guidance_scale=1")
+    check(s.batch_size > 0 and s.num_samples > 0,
+          f"config.sample.batch_size={s.batch_size} and num_samples={s.num_samples} must be positive")
+    check(e.num_samples >= 2 and e.fid_reference_images >= 2,
+          f"config.eval.num_samples={e.num_samples} and fid_reference_images={e.fid_reference_images} must "
+          f"be ≥ 2")

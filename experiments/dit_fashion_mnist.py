@@ -1,0 +1,72 @@
+"""Class-conditional latent DiT on Fashion-MNIST, over the VQ-VAE tokenizer of vqvae_fashion_mnist.py:
+the second half of the embedded default, sized for a 2-core CPU.
+
+    python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=workdirs/vqvae_fmnist
+    python run.py --config=experiments/dit_fashion_mnist.py --workdir=workdirs/dit_fmnist
+    python run.py --config=experiments/dit_fashion_mnist.py --workdir=workdirs/dit_fmnist --mode=sample
+    python run.py --config=experiments/dit_fashion_mnist.py --workdir=workdirs/dit_fmnist --mode=eval
+
+Latents: the tokenizer's 8×8×4 pre-quantisation encodings of the 60k training images and their
+mirror images, encoded once into a cache, normalised to zero channel mean and unit variance.
+Samples are snapped to the codebook and decoded. Model: a small DiT (patch 2 → 16 tokens) trained
+with v-prediction (ε-prediction turns small errors at high noise into large x₀ errors here), label
+dropout 0.1 for classifier-free guidance; DDIM sampling with guidance.
+Expected on a 2-core CPU: see README (the whole pipeline, tokenizer included, in ≤ 20 minutes;
+FID of 1,000 samples ≤ 80 against the test split, conditional accuracy ≥ 75 %).
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config(variant: str = ""):
+    """`variant`: '' (the default run) or 'tiny' (a seconds-long model and schedule, for tests)."""
+    if variant not in ("", "tiny"):
+        raise ValueError(f"unknown variant {variant!r} of dit_fashion_mnist: use '' or 'tiny'")
+    config = ml_collections.ConfigDict()
+    config.trainer = "dit"
+    config.seed = 0
+
+    config.tokenizer = dict(workdir="workdirs/vqvae_fmnist", latents="continuous", use_ema_params=False,
+                            latent_cache=True, cache_flips=True)
+
+    # The tokenizer's data settings (checked); flips come from the latent cache.
+    config.data = dict(
+        dataset="fashion_mnist_local", data_dir=placeholder(str), manual_dir=placeholder(str),
+        train_split="train", eval_split="test",
+        image_size=28, pad_to=32, channels=1, random_flip=True,
+        shuffle_buffer=10_000, tf_threads=1)
+
+    config.model = dict(variant=placeholder(str), depth=6, hidden_size=256, patch_size=2, num_heads=4,
+                        mlp_ratio=4.0, num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
+                        dtype="float32", remat=False)
+
+    config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v")
+
+    config.train = dict(
+        num_steps=3000, batch_size=128, learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=200,
+        weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.998,
+        skip_nonfinite=False, log_every=250, grid_every=100_000, checkpoint_every=500, keep_checkpoints=2,
+        keep_every=placeholder(int))
+
+    # --mode=sample: labels=() draws num_samples cycling through the classes (one grid row per class).
+    config.sample = dict(labels=(), num_samples=100, sampler="ddim", num_steps=50, eta=0.0,
+                         guidance_scale=2.0, batch_size=500, seed=0, use_ema_params=True)
+    # The sample grid saved at the end of training (and every train.grid_every steps).
+    config.train_grid = dict(per_class=8, sampler="ddim", num_steps=25, eta=0.0, guidance_scale=2.0,
+                             batch_size=80, use_ema_params=True)
+
+    config.eval = dict(num_samples=1000, fid_reference_images=1000, seed=1)
+    # The real-data classifier behind cond_accuracy (trained once, cached).
+    config.classifier = dict(num_classes=10, channels=32, num_steps=1500, batch_size=128, learning_rate=2e-3)
+
+    config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+
+    if variant == "tiny":
+        config.model.update(depth=1, hidden_size=32, num_heads=2)
+        config.train.update(num_steps=4, batch_size=16, warmup_steps=1, log_every=1, grid_every=2,
+                            checkpoint_every=2)
+        config.sample.update(num_samples=8, num_steps=4, batch_size=8)
+        config.train_grid.update(per_class=1, num_steps=2, batch_size=8)
+        config.eval.update(num_samples=16, fid_reference_images=16)
+        config.classifier.update(channels=8, num_steps=20, batch_size=16)
+    return config
