@@ -6,9 +6,9 @@ the second half of the embedded default, sized for a 2-core CPU.
     python run.py --config=experiments/dit_fashion_mnist.py --workdir=workdirs/dit_fmnist --mode=sample
     python run.py --config=experiments/dit_fashion_mnist.py --workdir=workdirs/dit_fmnist --mode=eval
 
-Latents: the tokenizer's 8×8×4 pre-quantisation encodings of the 60k training images and their
-mirror images, encoded once into a cache, normalised to zero channel mean and unit variance.
-Samples are snapped to the codebook and decoded. Model: a small DiT (patch 2 → 16 tokens) trained
+Latents: the tokenizer's 8×8×4 pre-quantisation encodings of the 60k training images, encoded once
+into a cache, normalised to zero channel mean and unit variance.
+Samples are snapped to the codebook and decoded. Model: a small DiT (width 128, 4 blocks, patch 2 → 16 tokens; ~270 img/s per training step here) trained
 with v-prediction (ε-prediction turns small errors at high noise into large x₀ errors here), label
 dropout 0.1 for classifier-free guidance; DDIM sampling with guidance.
 Expected on a 2-core CPU: see README (the whole pipeline, tokenizer included, in ≤ 20 minutes;
@@ -27,7 +27,7 @@ def get_config(variant: str = ""):
     config.seed = 0
 
     config.tokenizer = dict(workdir="workdirs/vqvae_fmnist", latents="continuous", use_ema_params=False,
-                            latent_cache=True, cache_flips=True)
+                            latent_cache=True, cache_flips=False)
 
     # The tokenizer's data settings (checked); flips come from the latent cache.
     config.data = dict(
@@ -36,16 +36,16 @@ def get_config(variant: str = ""):
         image_size=28, pad_to=32, channels=1, random_flip=True,
         shuffle_buffer=10_000, tf_threads=1)
 
-    config.model = dict(variant=placeholder(str), depth=6, hidden_size=256, patch_size=2, num_heads=4,
+    config.model = dict(variant=placeholder(str), depth=4, hidden_size=128, patch_size=2, num_heads=2,
                         mlp_ratio=4.0, num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
                         dtype="float32", remat=False)
 
     config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v")
 
     config.train = dict(
-        num_steps=3000, batch_size=128, learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=200,
-        weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.998,
-        skip_nonfinite=False, log_every=250, grid_every=100_000, checkpoint_every=500, keep_checkpoints=2,
+        num_steps=1000, batch_size=128, learning_rate=2e-3, end_learning_rate=1e-5, warmup_steps=100,
+        weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.995,
+        skip_nonfinite=False, log_every=100, grid_every=100_000, checkpoint_every=500, keep_checkpoints=2,
         keep_every=placeholder(int))
 
     # --mode=sample: labels=() draws num_samples cycling through the classes (one grid row per class).
@@ -57,7 +57,7 @@ def get_config(variant: str = ""):
 
     config.eval = dict(num_samples=1000, fid_reference_images=1000, seed=1)
     # The real-data classifier behind cond_accuracy (trained once, cached).
-    config.classifier = dict(num_classes=10, channels=32, num_steps=1500, batch_size=128, learning_rate=2e-3)
+    config.classifier = dict(num_classes=10, channels=32, num_steps=600, batch_size=128, learning_rate=2e-3)
 
     config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
 

@@ -33,6 +33,7 @@ def dit_config(tokenizer_workdir, **train_overrides):
     config = load_experiment("dit_fashion_mnist", "tiny")
     config.data.dataset = "mnist"
     config.tokenizer.workdir = tokenizer_workdir
+    config.tokenizer.cache_flips = True
     config.train.update(train_overrides)
     return config
 
