@@ -16,7 +16,8 @@ from support import load_experiment
 def test_imagenet_config_runs_two_update_steps_on_mock_data():
     config = load_experiment("vqvae_imagenet")
     assert downsampling_factor(config.model) == 8
-    config.train.batch_size = 8     # the real model; a CPU-sized batch
+    config.train.batch_size = 8     # the real model; a CPU-sized batch and resolution (the parameters of a
+    config.data.image_size = 64     # fully convolutional model with attention do not depend on the size)
     trainer = Trainer(config)
     state = trainer.initial_state()
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -26,7 +27,7 @@ def test_imagenet_config_runs_two_update_steps_on_mock_data():
         data = pipeline.create_dataset(config.data, split="train", train=True, global_batch_size=8, seed=0)
         for _ in range(2):
             batch = next(data)
-            assert batch["image"].shape == (8, 256, 256, 3)
+            assert batch["image"].shape == (8, 64, 64, 3)
             state, metrics = update(state, sharding.global_batch(batch, trainer.batch_sharding))
             assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 2
