@@ -31,8 +31,8 @@ def get_config():
 
     config.model = dict(
         channels=128, channel_multipliers=(1, 1, 2, 4), num_res_blocks=2, latent_channels=256,
-        attention_at_lowest=True, norm_groups=32, dropout=0.0, upsample="nearest", space_to_depth=1,
-        dtype="float32")
+        attention_at_lowest=True, middle_attention=True, norm_groups=32, dropout=0.0, upsample="nearest",
+        space_to_depth=1, dtype="float32")
 
     config.quantizer = dict(
         num_codes=16384, embedding_dim=4, lookup_dim=placeholder(int), beta=0.25, l2_normalize_codes=False,

@@ -109,13 +109,24 @@ class MiddleBlock(nn.Module):
         return block("res_2")(x, train=train)
 
 
+def _middle_attention(coder) -> bool:
+    """Whether the middle block attends: `middle_attention`, or `attention_at_lowest` when it is None."""
+    return coder.attention_at_lowest if coder.middle_attention is None else coder.middle_attention
+
+
 class Encoder(nn.Module):
-    """Image [B, H, W, C] in [-1, 1] → latent [B, H/f, W/f, latent_channels]."""
+    """Image [B, H, W, C] in [-1, 1] → latent [B, H/f, W/f, latent_channels].
+
+    `attention_at_lowest` adds attention after every residual block of the lowest level (and, unless
+    `middle_attention` says otherwise, in the middle block); `middle_attention` alone gives the LDM/taming
+    first-stage layout with `attn_resolutions=[]`.
+    """
     channels: int
     channel_multipliers: Sequence[int]
     num_res_blocks: int
     latent_channels: int
     attention_at_lowest: bool = False
+    middle_attention: bool | None = None
     norm_groups: int = 32
     dropout: float = 0.0
     space_to_depth: int = 1
@@ -135,19 +146,20 @@ class Encoder(nn.Module):
                     x = AttentionBlock(self.norm_groups, self.dtype, name=f"down_{level}_attention_{i}")(x)
             if level != lowest:
                 x = Downsample(self.dtype, name=f"down_{level}_downsample")(x)
-        x = MiddleBlock(x.shape[-1], self.attention_at_lowest, self.norm_groups, self.dropout, self.dtype,
+        x = MiddleBlock(x.shape[-1], _middle_attention(self), self.norm_groups, self.dropout, self.dtype,
                         name="middle")(x, train=train)
         x = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
         return nn.Conv(self.latent_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
 
 
 class Decoder(nn.Module):
-    """Latent [B, h, w, latent_channels] → image [B, h·f, w·f, out_channels]."""
+    """Latent [B, h, w, latent_channels] → image [B, h·f, w·f, out_channels]; attention as in `Encoder`."""
     channels: int
     channel_multipliers: Sequence[int]
     num_res_blocks: int
     out_channels: int
     attention_at_lowest: bool = False
+    middle_attention: bool | None = None
     norm_groups: int = 32
     dropout: float = 0.0
     upsample: str = "depth_to_space"
@@ -159,7 +171,7 @@ class Decoder(nn.Module):
         lowest = len(self.channel_multipliers) - 1
         x = nn.Conv(self.channels * self.channel_multipliers[-1], (3, 3), dtype=self.dtype,
                     name="conv_in")(z.astype(self.dtype))
-        x = MiddleBlock(x.shape[-1], self.attention_at_lowest, self.norm_groups, self.dropout, self.dtype,
+        x = MiddleBlock(x.shape[-1], _middle_attention(self), self.norm_groups, self.dropout, self.dtype,
                         name="middle")(x, train=train)
         for level in reversed(range(len(self.channel_multipliers))):
             for i in range(self.num_res_blocks + 1):
@@ -192,6 +204,7 @@ class VQAutoencoder(nn.Module):
         dtype = jnp.dtype(m.get("dtype", "float32"))
         shared = dict(channels=m["channels"], channel_multipliers=tuple(m["channel_multipliers"]),
                       num_res_blocks=m["num_res_blocks"], attention_at_lowest=m["attention_at_lowest"],
+                      middle_attention=m.get("middle_attention"),
                       norm_groups=m["norm_groups"], dropout=m["dropout"],
                       space_to_depth=m["space_to_depth"], dtype=dtype)
         self.encoder = Encoder(latent_channels=m["latent_channels"], **shared)
