@@ -1,6 +1,7 @@
 """vqdiff entry point: flags → config → mode → trainer.
 
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W [--mode=train|eval]
+    python run.py --config=experiments/vqgan_fashion_mnist.py --workdir=W [--mode=train|eval]
     python run.py --config=experiments/dit_fashion_mnist.py --workdir=W [--mode=train|sample|eval]
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W --config.train.num_steps=100
 """
@@ -19,7 +20,7 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                           "What to do with the config and workdir (sample: DiT configs only).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TRAINERS = ("tokenizer", "dit")
+TRAINERS = ("tokenizer", "vqgan", "dit")
 
 
 def describe_flag_error(error: Exception, argv) -> str:
@@ -51,13 +52,13 @@ def run(config, workdir: str, mode: str):
         raise UserError(f"config.trainer={config.trainer!r} is not one of {', '.join(TRAINERS)}")
     if mode != "train" and not os.path.isdir(workdir):
         raise UserError(f"--workdir={workdir} does not exist: train first with --mode=train")
-    if config.trainer == "tokenizer":
+    if config.trainer in ("tokenizer", "vqgan"):
         if mode == "sample":
             raise UserError("--mode=sample draws from a DiT; a tokenizer config has train and eval "
                             "(its reconstruction grids are in <workdir>/grids and <workdir>/eval)")
-        from vqdiff.train import tokenizer_eval, tokenizer_trainer
+        from vqdiff.train import tokenizer_eval, tokenizer_trainer, vqgan_trainer
         if mode == "train":
-            tokenizer_trainer.train(config, workdir)
+            (vqgan_trainer if config.trainer == "vqgan" else tokenizer_trainer).train(config, workdir)
         else:
             print(json.dumps(tokenizer_eval.evaluate(config, workdir)), flush=True)
     else:

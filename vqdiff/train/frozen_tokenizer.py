@@ -49,7 +49,7 @@ class FrozenTokenizer:
 
     def __init__(self, workdir: str, *, latents: str = "continuous", use_ema_params: bool = False,
                  step: int | None = None):
-        from vqdiff.train.tokenizer_trainer import Trainer  # the tokenizer's own model and state layout
+        from vqdiff.train.vqgan_trainer import tokenizer_trainer  # the tokenizer's own model and state layout
 
         if latents not in LATENT_KINDS:
             raise UserError(f"config.tokenizer.latents={latents!r}: use one of {LATENT_KINDS}")
@@ -57,7 +57,7 @@ class FrozenTokenizer:
             raise UserError(f"config.tokenizer.workdir={workdir} does not exist: train the tokenizer first")
         self.workdir = workdir
         self.config = load_workdir_config(workdir)
-        trainer = Trainer(self.config)
+        trainer = tokenizer_trainer(self.config)
         state = trainer.restore(checkpoint.Checkpointer(workdir, create=False), step)
         self.step = int(jax.device_get(state.step))
         self.model = trainer.model

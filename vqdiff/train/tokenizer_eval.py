@@ -9,8 +9,9 @@ from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding, psnr, ssim, to_unit_range
 from vqdiff.models.lpips import make_lpips_fn
 from vqdiff.train import checkpoint, fid_reference, sharding
-from vqdiff.train.tokenizer_trainer import Trainer, reconstruction_grid, save_metrics
+from vqdiff.train.tokenizer_trainer import reconstruction_grid, save_metrics
 from vqdiff.train.validation import validate_tokenizer_config
+from vqdiff.train.vqgan_trainer import tokenizer_trainer
 
 
 def codebook_statistics(code_counts: np.ndarray) -> dict:
@@ -22,7 +23,7 @@ def codebook_statistics(code_counts: np.ndarray) -> dict:
 
 
 def evaluate(config, workdir: str) -> dict:
-    """Restores the newest checkpoint of `workdir` and evaluates it on `config.data.eval_split`.
+    """Restores the newest checkpoint of `workdir` (a VQ-VAE or VQGAN run) and evaluates it on `config.data.eval_split`.
 
     Returns (and writes to `<workdir>/eval/metrics_<step>.json`) the metrics dict with keys `step`,
     `psnr` (dB, mean over images of [0, 1] pixels), `ssim`, `lpips` (`config.eval.lpips_backbone`, on
@@ -30,7 +31,7 @@ def evaluate(config, workdir: str) -> dict:
     (absent when `config.eval.rfid_num_images` is 0), `num_images`; saves a reconstruction grid beside it.
     """
     validate_tokenizer_config(config)
-    trainer = Trainer(config)
+    trainer = tokenizer_trainer(config)
     ckpt = checkpoint.Checkpointer(workdir, create=False)
     state = trainer.restore(ckpt)
     step = int(jax.device_get(state.step))

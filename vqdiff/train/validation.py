@@ -77,6 +77,40 @@ def validate_tokenizer_config(config):
           f"config.train.reconstruction_loss={config.train.reconstruction_loss!r}: use 'mse' or 'l1'")
 
 
+def validate_vqgan_config(config):
+    """Checks a VQGAN config (the tokenizer keys and `config.gan`); raises UserError on the first problem."""
+    from vqdiff.losses.gan import LOSS_KINDS
+    from vqdiff.models.discriminator import KINDS, NORMS
+
+    validate_tokenizer_config(config)
+    g, d = config.gan, config.gan.disc
+    check(d.kind in KINDS, f"config.gan.disc.kind={d.kind!r}: use one of {', '.join(KINDS)}")
+    check(d.channels > 0, f"config.gan.disc.channels={d.channels} must be positive")
+    if d.kind == "patchgan":
+        check(d.n_layers >= 1, f"config.gan.disc.n_layers={d.n_layers} must be ≥ 1")
+        check(d.norm in NORMS, f"config.gan.disc.norm={d.norm!r}: use one of {', '.join(NORMS)}")
+        side = (config.data.pad_to or config.data.image_size) // 2 ** d.n_layers
+        check(side >= 3, f"config.gan.disc.n_layers={d.n_layers} shrinks the "
+                         f"{config.data.pad_to or config.data.image_size}-pixel images to {side} pixels before "
+                         f"the last two 4×4 convs: use fewer layers")
+    check(g.loss in LOSS_KINDS, f"config.gan.loss={g.loss!r}: use one of {', '.join(LOSS_KINDS)}")
+    check(0 <= g.start_step, f"config.gan.start_step={g.start_step} must be ≥ 0")
+    check(g.learning_rate > 0, f"config.gan.learning_rate={g.learning_rate} must be positive")
+    for key in ("adam_b1", "adam_b2", "lecam_decay"):
+        check(0 <= g[key] < 1, f"config.gan.{key}={g[key]} must be in [0, 1)")
+    for key in ("adversarial_weight", "perceptual_weight", "weight_decay", "r1_weight", "lecam_weight",
+                "entropy_weight"):
+        check(g[key] >= 0, f"config.gan.{key}={g[key]} must be ≥ 0 (0 turns the term off)")
+    for key in ("adaptive_weight_max", "adaptive_weight_eps", "grad_clip_norm", "entropy_temperature"):
+        check(g[key] > 0, f"config.gan.{key}={g[key]} must be positive")
+    check(g.lpips_backbone in ("alexnet", "vgg16"),
+          f"config.gan.lpips_backbone={g.lpips_backbone!r}: use 'alexnet' or 'vgg16'")
+    side = config.data.pad_to or config.data.image_size
+    check(g.lpips_backbone != "alexnet" or side >= 31,
+          f"config.gan.lpips_backbone='alexnet' needs images of at least 31 pixels, these are {side}: use "
+          f"'vgg16' or pad with config.data.pad_to=32")
+
+
 def validate_dit_config(config):
     """Checks a latent DiT config (before the tokenizer is loaded); raises UserError on the first problem."""
     from vqdiff.diffusion.gaussian import PREDICTIONS
