@@ -54,3 +54,14 @@ def weights_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(weights.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "vqdiff_cache"))
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for this test session only: the many runs of the same tiny
+    configs (train, resume, eval) compile each step once. Fresh per session, so no stale entries."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_compilation_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vqdiff import weights
+from vqdiff.models.im2col import Conv
 
 BACKBONES = ("vgg16", "alexnet")
 # LPIPS's input scaling: maps [-1, 1] images to the ImageNet statistics the backbones were trained on.
@@ -74,7 +75,7 @@ class VGG16Features(nn.Module):
             if stage > 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             for i, width in enumerate(widths, start=1):
-                conv = nn.Conv(width, (3, 3), padding=1, precision=self.precision, name=f"conv{stage}_{i}")
+                conv = Conv(width, (3, 3), padding=1, precision=self.precision, name=f"conv{stage}_{i}")
                 x = nn.relu(conv(x))
             outputs.append(x)
         return outputs
@@ -91,8 +92,8 @@ class AlexNetFeatures(nn.Module):
         for i, (width, kernel, stride, pad) in enumerate(_ALEXNET_LAYERS, start=1):
             if i in (2, 3):
                 x = nn.max_pool(x, (3, 3), strides=(2, 2))
-            conv = nn.Conv(width, (kernel, kernel), strides=stride, padding=pad, precision=self.precision,
-                           name=f"conv{i}")
+            conv = Conv(width, (kernel, kernel), strides=stride, padding=pad, precision=self.precision,
+                        name=f"conv{i}")
             x = nn.relu(conv(x))
             outputs.append(x)
         return outputs
@@ -117,10 +118,11 @@ class LPIPS(nn.Module):
             features = AlexNetFeatures(self.precision, name="features")
         else:
             raise ValueError(f"unknown LPIPS backbone {self.backbone!r}; expected one of {BACKBONES}")
-        batch = x.shape[0]
-        both = features(scale_inputs(jnp.concatenate([x, y], axis=0)))
-        linear = [self.param(f"lin_{i}", nn.initializers.ones, (f.shape[-1],)) for i, f in enumerate(both)]
-        return lpips_from_features([f[:batch] for f in both], [f[batch:] for f in both], linear)
+        # Two passes rather than one over concat([x, y]): as a loss, only x's pass needs a backward, and
+        # XLA cannot split the input gradient of a convolution over a concatenated batch.
+        features_x, features_y = features(scale_inputs(x)), features(scale_inputs(y))
+        linear = [self.param(f"lin_{i}", nn.initializers.ones, (f.shape[-1],)) for i, f in enumerate(features_x)]
+        return lpips_from_features(features_x, features_y, linear)
 
 
 def load_lpips(backbone: str = "vgg16") -> tuple[LPIPS, dict]:

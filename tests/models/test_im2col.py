@@ -1,0 +1,67 @@
+"""im2col convolution: equal to XLA's convolution (values and gradients) and a drop-in for nn.Conv."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vqdiff.models.im2col import Conv, conv2d_im2col, explicit_padding, use_im2col
+
+CASES = [  # (channels, features, kernel, stride, padding, size)
+    (3, 8, 11, 4, 2, 32),      # AlexNet conv1: strided, kernel not a multiple of the stride
+    (8, 12, 5, 1, 2, 3),       # small map, padding larger than half of it
+    (6, 5, 3, 1, 1, 1),        # 1×1 map: only the centre tap sees data
+    (4, 7, 4, 2, 1, 15),       # odd size, stride 2: the last row/column is not read
+    (2, 3, 3, 3, 0, 10),       # stride equal to the kernel
+]
+
+
+def reference(x, kernel, stride, padding):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("channels,features,k,stride,pad,size", CASES)
+def test_values_and_gradients_equal_xla_convolution(channels, features, k, stride, pad, size):
+    rng = np.random.default_rng(k * 100 + size)
+    x = jnp.asarray(rng.normal(size=(2, size, size, channels)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, channels, features)), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+    expected = reference(x, kernel, stride, padding)
+    got = conv2d_im2col(x, kernel, (stride, stride), padding, precision=lax.Precision.HIGHEST)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+
+    cotangent = jnp.asarray(rng.normal(size=expected.shape), jnp.float32)
+    grads = [jax.grad(lambda a, b: jnp.sum(f(a, b) * cotangent), argnums=(0, 1))(x, kernel) for f in (
+        lambda a, b: reference(a, b, stride, padding),
+        lambda a, b: conv2d_im2col(a, b, (stride, stride), padding, precision=lax.Precision.HIGHEST))]
+    for want, have in zip(*grads):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", 1, ((0, 2), (1, 0))])
+@pytest.mark.parametrize("implementation", ["im2col", "xla"])
+def test_module_is_a_drop_in_for_flax_conv(padding, implementation):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 3)), jnp.float32)
+    flax_conv = nn.Conv(4, (3, 3), strides=2, padding=padding, precision=lax.Precision.HIGHEST)
+    params = flax_conv.init(jax.random.key(0), x)
+    ours = Conv(4, (3, 3), strides=2, padding=padding, precision=lax.Precision.HIGHEST, implementation=implementation)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_same_padding_matches_the_output_size_ceil_n_over_s():
+    assert explicit_padding("SAME", (3, 4), (2, 2), (9, 8)) == ((1, 1), (1, 1))
+    assert explicit_padding("VALID", (3, 3), (1, 1), (5, 5)) == ((0, 0), (0, 0))
+
+
+def test_auto_choice_and_errors():
+    cpu = jax.default_backend() == "cpu"
+    assert use_im2col("auto", 9, (1, 1)) == cpu and use_im2col("auto", 49, (4, 4)) == cpu
+    assert not use_im2col("auto", 64, (1, 1)) and use_im2col("im2col", 64, (1, 1)) and not use_im2col("xla", 1, (1, 1))
+    with pytest.raises(ValueError, match="implementation='fast'"):
+        use_im2col("fast", 1, (1, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d_im2col(jnp.zeros((1, 2, 2, 1)), jnp.zeros((3, 3, 1, 1)), (1, 1), ((0, 0), (0, 0)))
