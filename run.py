@@ -3,7 +3,9 @@
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W [--mode=train|eval]
     python run.py --config=experiments/vqgan_fashion_mnist.py --workdir=W [--mode=train|eval]
     python run.py --config=experiments/dit_fashion_mnist.py --workdir=W [--mode=train|sample|eval]
+    python run.py --config=experiments/dit_t2i_fashion_mnist.py --workdir=W [--mode=train|sample|eval]
     python run.py --config=experiments/vqvae_fashion_mnist.py --workdir=W --config.train.num_steps=100
+    python run.py --config=... --workdir=/gcs/B/W --multihost     (on every host of a pod: README, Cloud TPU pods)
 """
 import json
 import os
@@ -18,9 +20,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, grids and metrics.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                           "What to do with the config and workdir (sample: DiT configs only).")
+# A multi-process run (Cloud TPU pod, GPU hosts): the same command on every host; see the README.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for a multi-process run without a cluster JAX knows.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 … num_processes − 1.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-process run that JAX detects (Cloud TPU pod, "
+                               "Slurm, Open MPI); Slurm and Open MPI launches are detected without it.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TRAINERS = ("tokenizer", "vqgan", "dit")
+TRAINERS = ("tokenizer", "vqgan", "dit", "dit_t2i")
 
 
 def describe_flag_error(error: Exception, argv) -> str:
@@ -50,6 +59,9 @@ def run(config, workdir: str, mode: str):
     from vqdiff.errors import UserError
     if config.trainer not in TRAINERS:
         raise UserError(f"config.trainer={config.trainer!r} is not one of {', '.join(TRAINERS)}")
+    if "://" in workdir:
+        raise UserError(f"--workdir={workdir}: logs, grids and config.json are written with local file calls; "
+                        f"mount the bucket (gcsfuse) and pass the mounted path, see the README's Cloud TPU section")
     if mode != "train" and not os.path.isdir(workdir):
         raise UserError(f"--workdir={workdir} does not exist: train first with --mode=train")
     if config.trainer in ("tokenizer", "vqgan"):
@@ -62,13 +74,26 @@ def run(config, workdir: str, mode: str):
         else:
             print(json.dumps(tokenizer_eval.evaluate(config, workdir)), flush=True)
     else:
-        from vqdiff.train import dit_eval, dit_trainer
+        from vqdiff.train import dit_eval, dit_trainer, t2i_eval, t2i_trainer
+        trainer, evaluation = (t2i_trainer, t2i_eval) if config.trainer == "dit_t2i" else (dit_trainer, dit_eval)
         if mode == "train":
-            dit_trainer.train(config, workdir)
+            trainer.train(config, workdir)
         elif mode == "sample":
-            print(json.dumps(dit_eval.sample(config, workdir)), flush=True)
+            print(json.dumps(evaluation.sample(config, workdir)), flush=True)
         else:
-            print(json.dumps(dit_eval.evaluate(config, workdir)), flush=True)
+            print(json.dumps(evaluation.evaluate(config, workdir)), flush=True)
+
+
+def use_compilation_cache():
+    """XLA executables persist in <vqdiff cache>/xla (VQDIFF_COMPILATION_CACHE overrides the folder, '' turns
+    it off), so eval and sample reuse what training compiled (the tokenizer's encoder, the sampler)."""
+    import jax
+
+    from vqdiff import weights
+    folder = os.environ.get("VQDIFF_COMPILATION_CACHE", str(weights.cache_dir() / "xla"))
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv):
@@ -77,6 +102,11 @@ def main(argv):
     from vqdiff.errors import UserError
     logging.set_verbosity(logging.WARNING)   # the progress lines are the log; Orbax's INFO is noise
     try:
+        from vqdiff.train import distributed
+        if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  multihost=_MULTIHOST.value):
+            print(distributed.describe(), flush=True)
+        use_compilation_cache()
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except (UserError, FloatingPointError, FileNotFoundError, ValueError) as e:
         # Problems the user can fix, from our checks, the data pipeline or TFDS: one line. A ValueError

@@ -44,6 +44,7 @@ def get_config(variant: str = ""):
 
     config.train = dict(
         num_steps=1000, batch_size=128, learning_rate=2e-3, end_learning_rate=1e-5, warmup_steps=100,
+        grad_accum_steps=1,  # micro-batches per update (same result as one big batch, less memory)
         weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.995,
         skip_nonfinite=False, log_every=100, grid_every=100_000, checkpoint_every=500, keep_checkpoints=2,
         keep_every=placeholder(int))
@@ -59,7 +60,12 @@ def get_config(variant: str = ""):
     # The real-data classifier behind cond_accuracy (trained once, cached).
     config.classifier = dict(num_classes=10, channels=32, num_steps=600, batch_size=128, learning_rate=2e-3)
 
-    config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+    # Devices as a (data, fsdp, model) grid, e.g. --config.mesh.shape="(-1,8,1)" on a pod. The batch splits
+    # over data × fsdp; arrays of at least fsdp_min_size elements (parameters, EMA and Adam moments) split
+    # over fsdp along their largest divisible dimension; param_rules (regex on paths like
+    # 'params/encoder/conv_in/kernel' → PartitionSpec) place arrays first. Default: all devices on data.
+    config.mesh = dict(shape=(-1, 1, 1), axes=("data", "fsdp", "model"), batch_axes=("data", "fsdp"),
+                       param_rules=(), fsdp_min_size=2**20)
 
     if variant == "tiny":
         config.model.update(depth=1, hidden_size=32, num_heads=2)

@@ -41,6 +41,7 @@ def get_config():
 
     config.train = dict(
         num_steps=7_000_000, batch_size=256, learning_rate=1e-4, end_learning_rate=1e-4, warmup_steps=0,
+        grad_accum_steps=1,  # micro-batches per update (same result as one big batch, less memory)
         weight_decay=0.0, adam_b1=0.9, adam_b2=0.999, grad_clip_norm=1e9, ema_decay=0.9999,
         skip_nonfinite=False, log_every=100, grid_every=50_000, checkpoint_every=50_000, keep_checkpoints=3,
         keep_every=500_000)
@@ -54,5 +55,10 @@ def get_config():
     config.classifier = dict(num_classes=1000, channels=128, num_steps=100_000, batch_size=256,
                              learning_rate=1e-3)
 
-    config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+    # Devices as a (data, fsdp, model) grid, e.g. --config.mesh.shape="(-1,8,1)" on a pod. The batch splits
+    # over data × fsdp; arrays of at least fsdp_min_size elements (parameters, EMA and Adam moments) split
+    # over fsdp along their largest divisible dimension; param_rules (regex on paths like
+    # 'params/encoder/conv_in/kernel' → PartitionSpec) place arrays first. Default: all devices on data.
+    config.mesh = dict(shape=(-1, 1, 1), axes=("data", "fsdp", "model"), batch_axes=("data", "fsdp"),
+                       param_rules=(), fsdp_min_size=2**20)
     return config

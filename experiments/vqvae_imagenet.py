@@ -40,6 +40,7 @@ def get_config():
 
     config.train = dict(
         num_steps=200_000, batch_size=256, learning_rate=2e-4, end_learning_rate=1e-5, warmup_steps=5_000,
+        grad_accum_steps=1,  # micro-batches per update (same result as one big batch, less memory)
         weight_decay=1e-4, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
         reconstruction_loss="mse", skip_nonfinite=False,
         log_every=100, grid_every=5_000, checkpoint_every=5_000, keep_checkpoints=3, keep_every=50_000)
@@ -47,5 +48,10 @@ def get_config():
     config.eval = dict(batch_size=256, use_ema_params=False, num_grid_images=32,
                        lpips_backbone="alexnet", rfid_num_images=50_000)
 
-    config.mesh = dict(shape=(-1,), axes=("data",), batch_axes=("data",), param_rules=())
+    # Devices as a (data, fsdp, model) grid, e.g. --config.mesh.shape="(-1,8,1)" on a pod. The batch splits
+    # over data × fsdp; arrays of at least fsdp_min_size elements (parameters, EMA and Adam moments) split
+    # over fsdp along their largest divisible dimension; param_rules (regex on paths like
+    # 'params/encoder/conv_in/kernel' → PartitionSpec) place arrays first. Default: all devices on data.
+    config.mesh = dict(shape=(-1, 1, 1), axes=("data", "fsdp", "model"), batch_axes=("data", "fsdp"),
+                       param_rules=(), fsdp_min_size=2**20)
     return config

@@ -37,7 +37,7 @@ def run_cli(*args, cwd):
     (["--config=" + CONFIG, "--workdir=W", "--config.data.pad_to=30"], "not divisible by the downsampling"),
     (["--config=" + CONFIG, "--workdir=W", "--config.data.pad_to=20"], "smaller than config.data.image_size"),
     (["--config=" + CONFIG, "--workdir=W", "--config.train.batch_size=0"], "batch_size=0 must be positive"),
-    (["--config=" + CONFIG, "--workdir=W", "--config.mesh.shape=(3,)"], "needs 3 devices"),
+    (["--config=" + CONFIG, "--workdir=W", "--config.mesh.shape=(3,1,1)"], "needs 3 devices"),
     (["--config=" + CONFIG, "--workdir=W", "--config.model.upsample=bilinear"], "upsample='bilinear'"),
     (["--config=" + CONFIG, "--workdir=W", "--config.train.reconstruction_loss=l3"], "reconstruction_loss='l3'"),
     (["--config=" + CONFIG, "--workdir=W", "--config.quantizer.ema_decay=1.5"], "ema_decay=1.5"),

@@ -31,3 +31,18 @@ def test_imagenet_config_runs_two_update_steps_on_mock_data():
             state, metrics = update(state, sharding.global_batch(batch, trainer.batch_sharding))
             assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 2
+
+
+def test_vqgan_imagenet_config_is_the_taming_f16_recipe():
+    """Shapes only (jax.eval_shape): 16×16 tokens of 256 px images, taming's ~72 M-parameter first stage
+    (plus 16384 × 256 codes) and its ~2.8 M-parameter 3-layer PatchGAN."""
+    from vqdiff.train.validation import validate_vqgan_config
+    from vqdiff.train.vqgan_trainer import VQGANTrainer
+
+    config = load_experiment("vqgan_imagenet")
+    validate_vqgan_config(config)
+    assert downsampling_factor(config.model) == 16 and config.quantizer.num_codes == 16384
+    state = jax.eval_shape(VQGANTrainer(config, devices=jax.devices()[:1]).make_init())
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+    assert 70e6 < count(state.params) < 80e6
+    assert 2.7e6 < count(state.disc_params) < 2.9e6

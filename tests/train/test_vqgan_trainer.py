@@ -1,5 +1,8 @@
 """VQGAN trainer: λ against an independent gradient-norm ratio, the start step, independence of the two
 half-updates, resume exactness, and eval on a VQGAN workdir."""
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,7 +85,7 @@ def test_before_start_discriminator_is_frozen_and_generator_has_no_adversarial_t
     for name in ("disc_params", "disc_opt_state", "logit_ema"):
         jax.tree_util.tree_map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
     images = jnp.asarray(batches[0]["image"])
-    grads = jax.grad(lambda p: generator_losses(trainer, before, p, images)[0])(before.params)
+    grads = jax.jit(jax.grad(lambda p: generator_losses(trainer, before, p, images)[0]))(before.params)
     updates, _ = trainer.tx.update(grads, before.opt_state, before.params)
     allclose_trees(after.params, optax.apply_updates(before.params, updates))
 
@@ -91,8 +94,8 @@ def test_adaptive_weight_is_the_ratio_of_last_kernel_gradient_norms(steps):
     trainer, states, metrics, batches = steps
     state, images = states[1], jnp.asarray(batches[1]["image"])
     kernel = state.params["decoder"]["conv_out"]["kernel"]
-    norms = [np.linalg.norm(jax.grad(lambda k: generator_losses(trainer, state, with_kernel(state.params, k),
-                                                                images)[i])(kernel)) for i in (0, 1)]
+    both = jax.jit(jax.jacrev(lambda k: generator_losses(trainer, state, with_kernel(state.params, k), images)))
+    norms = [np.linalg.norm(g) for g in both(kernel)]
     assert metrics[1]["discriminator_factor"] == 1
     assert metrics[1]["adaptive_weight"] == pytest.approx(norms[0] / (norms[1] + 1e-4), rel=1e-4)
 
@@ -107,12 +110,12 @@ def test_after_start_each_half_update_depends_on_the_old_state_only(steps):
         rec, g_loss = generator_losses(trainer, before, p, images)
         return rec + weight * g_loss
 
-    updates, _ = trainer.tx.update(jax.grad(generator_loss)(before.params), before.opt_state, before.params)
+    updates, _ = trainer.tx.update(jax.jit(jax.grad(generator_loss))(before.params), before.opt_state, before.params)
     allclose_trees(after.params, optax.apply_updates(before.params, updates))
 
     fake = reconstruct(trainer, before, images)[0]
     disc = lambda p, x: trainer.discriminator.apply({"params": p}, x)
-    d_grads = jax.grad(lambda p: gan.hinge_d_loss(disc(p, images), disc(p, fake)))(before.disc_params)
+    d_grads = jax.jit(jax.grad(lambda p: gan.hinge_d_loss(disc(p, images), disc(p, fake))))(before.disc_params)
     d_updates, _ = trainer.disc_tx.update(d_grads, before.disc_opt_state, before.disc_params)
     allclose_trees(after.disc_params, optax.apply_updates(before.disc_params, d_updates))
     assert not np.allclose(after.disc_params["conv_0"]["kernel"], before.disc_params["conv_0"]["kernel"])
@@ -120,19 +123,22 @@ def test_after_start_each_half_update_depends_on_the_old_state_only(steps):
 
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory, weights_cache):
-    """An uninterrupted 4-step run, and a run stopped after 2 steps and resumed to 4."""
-    root = tmp_path_factory.mktemp("vqgan_runs")
+    """(workdir, state of an uninterrupted 4-step run, state after losing step 4's checkpoint and resuming
+    from step 2's). One config for both runs, so the second compiles nothing new."""
+    workdir = str(tmp_path_factory.mktemp("vqgan_runs") / "run")
+    config = tiny_config(num_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    trainer = VQGANTrainer(config)
+    restore = lambda: jax.device_get(trainer.restore(checkpoint.Checkpointer(workdir, create=False)))
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        train(tiny_config(num_steps=4), str(root / "full"))
-        train(tiny_config(num_steps=2), str(root / "resumed"))
-        train(tiny_config(num_steps=4), str(root / "resumed"))
-    return root
+        train(config, workdir)
+        full = restore()
+        shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))  # as if the run had died after step 2's save
+        train(config, workdir)
+    return workdir, full, restore()
 
 
 def test_resume_equals_uninterrupted_run(trained_runs):
-    trainer = VQGANTrainer(tiny_config())
-    full, resumed = (jax.device_get(trainer.restore(checkpoint.Checkpointer(str(trained_runs / name), create=False)))
-                     for name in ("full", "resumed"))
+    _, full, resumed = trained_runs
     assert int(full.step) == int(resumed.step) == 4
     allclose_trees(full.as_dict(), resumed.as_dict(), rtol=1e-6, atol=1e-7)
 
@@ -140,6 +146,6 @@ def test_resume_equals_uninterrupted_run(trained_runs):
 def test_eval_on_a_vqgan_workdir(trained_runs):
     config = tiny_config()
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        metrics = evaluate(config, str(trained_runs / "full"))
+        metrics = evaluate(config, trained_runs[0])
     assert metrics["step"] == 4 and metrics["num_images"] == NUM_EXAMPLES
     assert {"psnr", "ssim", "lpips", "codebook_usage", "perplexity"} <= set(metrics)

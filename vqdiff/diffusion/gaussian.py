@@ -125,13 +125,21 @@ def _mean_over_examples(values, weights):
     return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
 
 
+def sample_timesteps_and_noise(schedule: DiffusionSchedule, rng, shape):
+    """The training draws of `diffusion_loss` for x0 of `shape` [B, ...]: (t [B] int32 ~ U{0..T−1}, noise)."""
+    t_rng, noise_rng = jax.random.split(rng)
+    t = jax.random.randint(t_rng, shape[:1], 0, schedule.num_timesteps, dtype=jnp.int32)
+    return t, jax.random.normal(noise_rng, shape, jnp.float32)
+
+
 def diffusion_loss(schedule: DiffusionSchedule, model_fn, x0, rng, *, prediction="v",
-                   learn_sigma=False, mask=None):
+                   learn_sigma=False, mask=None, t=None, noise=None):
     """Denoising loss at t ~ U{0..T−1}: (scalar float32 loss, dict of float32 metrics).
 
     x0: [B, ...]; model_fn(x_t [B, ...], t [B] int32) -> [B, ..., C], or [B, ..., 2C] with
     `learn_sigma`; mask: [B] example weights (default all 1): weight-0 examples (which must still be
-    finite) change neither the loss nor its gradient.
+    finite) change neither the loss nor its gradient. `t` [B] and `noise` (like x0), when both given,
+    replace the draws from `rng` (`sample_timesteps_and_noise`), e.g. to split a batch into micro-batches.
     Per example, mse = mean squared error of the prediction. With `learn_sigma` the hybrid loss of
     improved DDPM and DiT adds vlb = L_t in bits per dimension: KL(q(x_{t−1}|x_t,x_0) ‖ p) for t > 0
     and −log p(x_0 | x_1) at t = 0, both with the predicted mean under stop-gradient so that vlb only
@@ -141,9 +149,8 @@ def diffusion_loss(schedule: DiffusionSchedule, model_fn, x0, rng, *, prediction
     """
     x0 = x0.astype(jnp.float32)
     batch = x0.shape[0]
-    t_rng, noise_rng = jax.random.split(rng)
-    t = jax.random.randint(t_rng, (batch,), 0, schedule.num_timesteps, dtype=jnp.int32)
-    noise = jax.random.normal(noise_rng, x0.shape, jnp.float32)
+    if t is None or noise is None:
+        t, noise = sample_timesteps_and_noise(schedule, rng, x0.shape)
     x_t = q_sample(schedule, x0, t, noise)
     output = model_fn(x_t, t).astype(jnp.float32)
     if learn_sigma:

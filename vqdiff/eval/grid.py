@@ -2,6 +2,7 @@
 import os
 
 import einops
+import jax
 import numpy as np
 from PIL import Image
 
@@ -26,7 +27,10 @@ def make_grid(images, num_columns: int, padding: int = 2):
 
 
 def save_grid(images, path: str, num_columns: int, scale: int = 1):
-    """Writes `images` [N, H, W, C] as a PNG grid, each pixel repeated `scale` times."""
+    """Writes `images` [N, H, W, C] as a PNG grid, each pixel repeated `scale` times. In a multi-process
+    run only process 0 writes (the others return the same path)."""
+    if jax.process_index() != 0:
+        return path
     grid = make_grid(images, num_columns)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)

@@ -95,6 +95,23 @@ def layer_norm(x, eps: float = 1e-6):
     return ((y - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
+def self_attention(qkv):
+    """Softmax attention per head: qkv [B, N, 3, heads, head_dim] → [B, N, heads·head_dim].
+
+    Computed in a [B, heads, N, head_dim] layout with the softmax written out (max under stop_gradient,
+    in float32): on XLA:CPU this ran 1.4–1.8× faster forward and ~1.2× faster forward+backward than
+    jax.nn.dot_product_attention on [B, N, heads, head_dim] (DiT-S/2 shapes, measured beside torch SDPA).
+    """
+    b, n, _, heads, head_dim = qkv.shape
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim ** -0.5, k).astype(jnp.float32)
+    logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits)
+    weights = (weights / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+    return out.transpose(0, 2, 1, 3).reshape(b, n, heads * head_dim)
+
+
 def modulate(x, shift, scale):
     """adaLN: x [B, N, D] scaled by (1 + scale) and shifted by shift, both [B, D]."""
     return x * (1 + scale[:, None, :]) + shift[:, None, :]
@@ -139,15 +156,54 @@ class LabelEmbedder(nn.Module):
         return table(y)
 
 
+class CrossAttention(nn.Module):
+    """x [B, N, D] attends to context [B, L, D] where context_mask [B, L] is true → [B, N, D].
+
+    The output projection starts at zero, so a new cross-attention leaves the block unchanged at init.
+    Masked context positions get zero attention weight: their values change nothing.
+    """
+    hidden_size: int
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context, context_mask):
+        d, heads = self.hidden_size, self.num_heads
+        split = lambda h: h.reshape(*h.shape[:2], heads, d // heads)
+        dense = lambda features, name, init=nn.initializers.xavier_uniform(): nn.Dense(
+            features, dtype=self.dtype, kernel_init=init, name=name)
+        q = split(dense(d, "query")(x))
+        k, v = jnp.split(dense(2 * d, "key_value")(context.astype(self.dtype)), 2, axis=-1)
+        h = jax.nn.dot_product_attention(q, split(k), split(v), mask=context_mask[:, None, None, :])
+        return dense(d, "proj", nn.initializers.zeros)(h.reshape(x.shape))
+
+
+class TextEmbedder(nn.Module):
+    """Text features → DiT conditioning: tokens [B, L, Dt] → context [B, L, D] (zero where mask [B, L] is
+    false) for cross-attention, and pooled [B, Dt] → [B, D], added to the adaLN conditioning."""
+    hidden_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, mask, pooled):
+        def mlp(h, name):
+            dense = lambda i: nn.Dense(self.hidden_size, dtype=self.dtype,
+                                       kernel_init=nn.initializers.xavier_uniform(), name=f"{name}_{i}")
+            return dense(2)(nn.gelu(dense(1)(h.astype(self.dtype)), approximate=True))
+        context = jnp.where(mask[..., None], mlp(tokens, "context"), 0)
+        return context, mlp(pooled, "pooled")
+
+
 class DiTBlock(nn.Module):
-    """adaLN-Zero transformer block: x [B, N, D], c [B, D] → [B, N, D]."""
+    """adaLN-Zero transformer block: x [B, N, D], c [B, D] → [B, N, D]; with a text context [B, L, D] and
+    its mask [B, L], a cross-attention between self-attention and MLP."""
     hidden_size: int
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, c):
+    def __call__(self, x, c, context=None, context_mask=None):
         d = self.hidden_size
         b, n, _ = x.shape
         dense = lambda features, name: nn.Dense(features, dtype=self.dtype,
@@ -158,8 +214,11 @@ class DiTBlock(nn.Module):
 
         h = modulate(layer_norm(x), shift_msa, scale_msa)
         qkv = dense(3 * d, "qkv")(h).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        x = x + gate_msa[:, None, :] * dense(d, "proj")(h.reshape(b, n, d))
+        x = x + gate_msa[:, None, :] * dense(d, "proj")(self_attention(qkv))
+
+        if context is not None:
+            x = x + CrossAttention(d, self.num_heads, self.dtype, name="cross_attention")(
+                layer_norm(x), context, context_mask)
 
         h = modulate(layer_norm(x), shift_mlp, scale_mlp)
         h = dense(d, "fc2")(nn.gelu(dense(int(d * self.mlp_ratio), "fc1")(h), approximate=True))
@@ -184,7 +243,12 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT: x [B, H, W, C], t [B], y [B] → [B, H, W, C·(2 if learn_sigma else 1)].
+    """Class- or text-conditional DiT: x [B, H, W, C], t [B], y [B] → [B, H, W, C·(2 if learn_sigma else 1)].
+
+    Text conditioning: `text` = {'tokens' [B, L, Dt], 'mask' [B, L] bool, 'pooled' [B, Dt]} (a text
+    encoder's output) adds a cross-attention to the tokens in every block and the embedded pooled vector
+    to the adaLN conditioning; y=None leaves out the label embedding. Classifier-free guidance of a text
+    model uses the empty caption's `text` as its unconditional branch.
 
     `dtype` is the compute dtype; params and the output are float32. `remat` recomputes each block's
     activations in the backward pass. `timestep_freq_shift` is 0 for the official DiT and 1 to
@@ -209,7 +273,8 @@ class DiT(nn.Module):
         return self.in_channels * (2 if self.learn_sigma else 1)
 
     @nn.compact
-    def __call__(self, x, t, y, *, train: bool = False, force_drop: Optional[jnp.ndarray] = None):
+    def __call__(self, x, t, y=None, *, text=None, train: bool = False,
+                 force_drop: Optional[jnp.ndarray] = None):
         expected = (self.input_size, self.input_size, self.in_channels)
         if x.shape[1:] != expected:
             raise ValueError(f"DiT expects latents [B, {', '.join(map(str, expected))}], got {x.shape}")
@@ -220,13 +285,20 @@ class DiT(nn.Module):
 
         c = TimestepEmbedder(self.hidden_size, freq_shift=self.timestep_freq_shift, dtype=self.dtype,
                              name="t_embedder")(t)
-        c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob, dtype=self.dtype,
-                              name="y_embedder")(y, train=train, force_drop=force_drop)
+        if y is not None:
+            c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
+                                  dtype=self.dtype, name="y_embedder")(y, train=train, force_drop=force_drop)
+        context = context_mask = None
+        if text is not None:
+            context_mask = jnp.asarray(text["mask"], bool)
+            context, pooled = TextEmbedder(self.hidden_size, self.dtype, name="text_embedder")(
+                text["tokens"], context_mask, text["pooled"])
+            c = c + pooled
 
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
             tokens = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype,
-                           name=f"blocks_{i}")(tokens, c)
+                           name=f"blocks_{i}")(tokens, c, context, context_mask)
 
         out = FinalLayer(self.hidden_size, self.patch_size, self.out_channels, self.dtype,
                          name="final_layer")(tokens, c)

@@ -1,4 +1,10 @@
-"""Orbax checkpointing of a TrainState-like dict, with resume from the newest complete step."""
+"""Orbax checkpointing of a TrainState-like dict, with resume from the newest complete step.
+
+In a multi-process run every process calls `save` and `restore` with the same step (they are collective):
+each writes and reads the shards its devices hold, and process 0 writes the metadata and commits the
+step. The workdir must then be one folder all processes see (a GCS bucket, or a shared file system).
+A restore lands on the shardings of its target, so a checkpoint saved on one mesh restores onto another
+(other device count, FSDP on or off)."""
 import os
 
 import jax
@@ -8,7 +14,8 @@ from vqdiff.errors import UserError
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """`<workdir>/checkpoints`; a local workdir made absolute, a URL (gs://...) kept as it is."""
+    return os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), "checkpoints")
 
 
 class Checkpointer:

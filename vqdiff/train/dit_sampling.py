@@ -6,7 +6,7 @@ import numpy as np
 
 from vqdiff.diffusion import samplers
 from vqdiff.eval import grid
-from vqdiff.train import sharding
+from vqdiff.train import sharding, text_conditioning
 from vqdiff.train.dit_trainer import denormalize_latents
 from vqdiff.train.fid_reference import to_uint8_native
 from vqdiff.train.frozen_tokenizer import decode_latents
@@ -14,22 +14,26 @@ from vqdiff.train.frozen_tokenizer import decode_latents
 SAMPLERS = ("ddim", "ddpm")
 
 
-def sample_latents(params, labels, rng, *, model, schedule, sample_config, prediction, latent_shape):
+def sample_latents(params, labels, rng, *, model, schedule, sample_config, prediction, latent_shape,
+                   captions=None):
     """labels [B] int32 → normalised latents [B, h, w, D] from noise drawn with `rng`.
 
+    With a caption table (`text_conditioning`), labels index its rows and the model is conditioned on
+    those captions; the null branch is the table's empty caption instead of the null label.
     guidance_scale 1 samples the conditional model alone; other scales mix it with the null-label
     branch (classifier-free guidance). Pure: jit it with the schedule closed over.
     """
     s = sample_config
 
     def conditional(x, t, y):
-        return model.apply({"params": params}, x, t, y)
+        condition = y if captions is None else text_conditioning.lookup(captions, y)
+        return model.apply({"params": params}, x, t, condition)
 
+    null = model.num_classes if captions is None else text_conditioning.empty_index(captions)
     if s.guidance_scale == 1.0:
         guided = conditional
     else:
-        guided = samplers.classifier_free_guidance(conditional, s.guidance_scale, model.num_classes,
-                                                   model.learn_sigma)
+        guided = samplers.classifier_free_guidance(conditional, s.guidance_scale, null, model.learn_sigma)
 
     def model_fn(x, t):
         return guided(x, t, labels)
@@ -60,19 +64,20 @@ class ImageGenerator:
         self.batch_size = -(-sample_config.batch_size // data_parallel) * data_parallel
         tokenizer = trainer.tokenizer
 
-        def generate(params, stats, tokenizer_variables, labels, rng):
+        def generate(params, stats, tokenizer_variables, labels, rng, captions):
             x = sample_latents(params, labels, rng, model=trainer.model, schedule=trainer.schedule,
                                sample_config=sample_config, prediction=trainer.config.diffusion.prediction,
-                               latent_shape=trainer.latent_shape)
+                               latent_shape=trainer.latent_shape, captions=captions)
             return decode_latents(tokenizer.model, tokenizer_variables, denormalize_latents(x, stats))
 
         shardings = trainer.state_shardings
         self._generate = jax.jit(
             generate, in_shardings=(shardings.params, shardings.model_state["latent_stats"], None,
-                                    trainer.batch_sharding, None),
+                                    trainer.batch_sharding, None, None),
             out_shardings=trainer.batch_sharding)
 
-    def __call__(self, state, labels, seed: int) -> np.ndarray:
+    def __call__(self, state, labels, seed: int, captions=None) -> np.ndarray:
+        """`captions`: a caption table whose rows `labels` index (text-to-image models)."""
         params = state.ema_params if self.sample_config.use_ema_params else state.params
         labels = np.asarray(labels, np.int32)
         # Fewer labels than a batch: a smaller batch (still a multiple of the data-parallel size).
@@ -83,7 +88,7 @@ class ImageGenerator:
             padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), np.int32)])
             rng = jax.random.fold_in(jax.random.key(seed), i)
             out = self._generate(params, state.model_state["latent_stats"], self.trainer.tokenizer_variables,
-                                 jax.device_put(padded, self.trainer.batch_sharding), rng)
+                                 jax.device_put(padded, self.trainer.batch_sharding), rng, captions)
             images.append(to_uint8_native(out, self.trainer.config.data)[:len(chunk)])
         return np.concatenate(images)
 

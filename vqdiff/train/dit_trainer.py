@@ -15,11 +15,12 @@ import numpy as np
 import optax
 
 from vqdiff.data import pipeline
-from vqdiff.diffusion.gaussian import diffusion_loss
+from vqdiff.diffusion.gaussian import diffusion_loss, sample_timesteps_and_noise
 from vqdiff.errors import UserError
 from vqdiff.diffusion.schedules import make_schedule
 from vqdiff.models.dit import DiT, dit_hyperparameters
 from vqdiff.train import checkpoint, latent_cache, loop, sharding
+from vqdiff.train.accumulation import accumulated_value_and_grad
 from vqdiff.train.frozen_tokenizer import FrozenTokenizer, encode_latents
 from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from vqdiff.train.state import TrainState, ema_update, skip_if_nonfinite, step_rng
@@ -67,10 +68,12 @@ def denormalize_latents(x, stats):
     return x / stats["scale"] + stats["mean"]
 
 
-def init_state(config, model, tx, latent_shape) -> TrainState:
-    """Fresh params and optimizer state; identity latent statistics until data sets them."""
+def init_state(config, model, tx, latent_shape, condition=None) -> TrainState:
+    """Fresh params and optimizer state; identity latent statistics until data sets them. `condition`:
+    an example of the model's conditioning input, batch 1 (default: a class label)."""
+    condition = jnp.zeros((1,), jnp.int32) if condition is None else condition
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, *latent_shape)), jnp.zeros((1,), jnp.int32),
-                        jnp.zeros((1,), jnp.int32))["params"]
+                        condition)["params"]
     stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones((), jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params,
                       model_state={"latent_stats": stats}, skipped_steps=jnp.zeros((), jnp.int32))
@@ -78,22 +81,34 @@ def init_state(config, model, tx, latent_shape) -> TrainState:
 
 def train_step(state: TrainState, batch: dict, tokenizer_variables, *, model, tx, schedule, config,
                tokenizer_model):
-    """One update on {'latent' [B, h, w, D] or 'image' [B, H, W, C], 'label' [B], 'mask' [B]}."""
+    """One update on {'latent' [B, h, w, D] or 'image' [B, H, W, C], 'label' [B], 'mask' [B]}; a text-to-image
+    model is conditioned on the batch's 'text' (see text_conditioning) instead of its labels."""
     if "latent" in batch:
         z = batch["latent"]
     else:
         z = encode_latents(tokenizer_model, tokenizer_variables, batch["image"], config.tokenizer.latents)
     x0 = normalize_latents(jax.lax.stop_gradient(z), state.model_state["latent_stats"])
     rng_diffusion, rng_dropout = jax.random.split(step_rng(config.seed, state.step))
+    # t and noise are drawn for the whole batch, so micro-batches see the big batch's draws.
+    t, noise = sample_timesteps_and_noise(schedule, rng_diffusion, x0.shape)
+    examples = dict(x0=x0, t=t, noise=noise, mask=batch["mask"],
+                    condition=batch["text"] if "text" in batch else batch["label"])
+    accum_steps = config.train.get("grad_accum_steps", 1)
 
-    def loss_fn(params):
+    def loss_fn(params, micro, carry, index):
+        # Label dropout is drawn per micro-batch: with grad_accum_steps > 1 only its draws differ from
+        # the big-batch step.
+        dropout_rng = rng_dropout if accum_steps == 1 else jax.random.fold_in(rng_dropout, index)
+
         def model_fn(x, t):
-            return model.apply({"params": params}, x, t, batch["label"], train=True,
-                               rngs={"label_dropout": rng_dropout})
-        return diffusion_loss(schedule, model_fn, x0, rng_diffusion, prediction=config.diffusion.prediction,
-                              learn_sigma=config.model.learn_sigma, mask=batch["mask"])
+            return model.apply({"params": params}, x, t, micro["condition"], train=True,
+                               rngs={"label_dropout": dropout_rng})
+        loss, metrics = diffusion_loss(schedule, model_fn, micro["x0"], None, t=micro["t"], noise=micro["noise"],
+                                       prediction=config.diffusion.prediction,
+                                       learn_sigma=config.model.learn_sigma, mask=micro["mask"])
+        return loss, (metrics, carry)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, metrics, _), grads = accumulated_value_and_grad(loss_fn, state.params, examples, accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -110,19 +125,21 @@ def train_step(state: TrainState, batch: dict, tokenizer_variables, *, model, tx
 class DiTTrainer:
     """DiT, optimizer, schedule, mesh and shardings of one DiT config over a frozen tokenizer."""
 
-    def __init__(self, config, tokenizer: FrozenTokenizer, devices=None):
+    def __init__(self, config, tokenizer: FrozenTokenizer, devices=None, *, model=None, condition=None):
+        """`model` (default: the class-conditional DiT of the config) and `condition`, an example of its
+        conditioning input with batch 1 (default: a class label)."""
         check_tokenizer_fits(config, tokenizer)
         self.config = config
         self.tokenizer = tokenizer
         self.latent_shape = tokenizer.latent_shape
-        self.model = build_dit(config, self.latent_shape)
+        self.model = build_dit(config, self.latent_shape) if model is None else model
         self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
         self.tx = create_optimizer(config.train)
         self.mesh = sharding.create_mesh(config.mesh, devices)
         self.batch_sharding = sharding.batch_sharding(self.mesh, config.mesh.batch_axes)
-        init = functools.partial(init_state, config, self.model, self.tx, self.latent_shape)
+        init = functools.partial(init_state, config, self.model, self.tx, self.latent_shape, condition)
         abstract = jax.eval_shape(init)
-        self.state_shardings = sharding.tree_shardings(abstract, self.mesh, config.mesh.param_rules)
+        self.state_shardings = sharding.state_shardings(abstract, self.mesh, config.mesh)
         self.abstract_state = checkpoint.abstract_with_shardings(abstract, self.state_shardings).as_dict()
         self._init = jax.jit(init, out_shardings=self.state_shardings)
         self.tokenizer_variables = jax.device_put(tokenizer.variables, sharding.replicated(self.mesh))
@@ -161,6 +178,20 @@ def estimate_stats_from_images(config, tokenizer, num_batches: int = 20) -> dict
         np.concatenate([np.asarray(tokenizer.encode(next(batches)["image"])) for _ in range(num_batches)]))
 
 
+PROGRESS_KEYS = ("loss", "mse", "vlb", "grad_norm", "skipped_steps")
+
+
+def latent_stats_setter(config, trainer: DiTTrainer, cache):
+    """prepare_state of the loop: stores the latent statistics of the cache (or of the first batches)."""
+    def prepare_state(state):
+        stats = (latent_cache.latent_statistics(cache["latents"]) if cache is not None
+                 else estimate_stats_from_images(config, trainer.tokenizer))
+        print(f"latent statistics: channel means {np.round(stats['mean'], 3).tolist()}, "
+              f"scale {float(stats['scale']):.4f}", flush=True)
+        return trainer.with_latent_stats(state, stats)
+    return prepare_state
+
+
 def train(config, workdir: str):
     """Trains (or resumes) the DiT of `config` in `workdir`; returns the last step's metrics."""
     validate_dit_config(config)
@@ -173,13 +204,6 @@ def _train(config, workdir: str):
     tokenizer = load_tokenizer(config)
     trainer = DiTTrainer(config, tokenizer)
     cache = latent_cache.load_or_build(config, tokenizer, workdir) if config.tokenizer.latent_cache else None
-
-    def prepare_state(state):
-        stats = (latent_cache.latent_statistics(cache["latents"]) if cache is not None
-                 else estimate_stats_from_images(config, tokenizer))
-        print(f"latent statistics: channel means {np.round(stats['mean'], 3).tolist()}, "
-              f"scale {float(stats['scale']):.4f}", flush=True)
-        return trainer.with_latent_stats(state, stats)
 
     def make_batches(start):
         if cache is not None:
@@ -195,5 +219,4 @@ def _train(config, workdir: str):
                                      os.path.join(workdir, "grids", f"samples_{step:07d}.png"))
 
     return loop.run_loop(config, workdir, trainer, make_batches=make_batches, draw_grid=draw_grid,
-                         progress_keys=("loss", "mse", "vlb", "grad_norm", "skipped_steps"),
-                         prepare_state=prepare_state)
+                         progress_keys=PROGRESS_KEYS, prepare_state=latent_stats_setter(config, trainer, cache))

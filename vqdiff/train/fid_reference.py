@@ -1,16 +1,16 @@
 """FID reference of a config's eval split: its first N images at native resolution, and their cached
 Inception statistics (shared by the tokenizer's rFID and the DiT's FID)."""
-import jax
 import numpy as np
 
 from vqdiff.data import pipeline
 from vqdiff.eval import fid
 from vqdiff.eval.image_metrics import crop_padding, to_unit_range
+from vqdiff.train import sharding
 
 
 def to_uint8_native(images, data_config) -> np.ndarray:
     """Model-space images [N, H, W, C] in [-1, 1] → uint8 [N, image_size, image_size, C], padding cropped."""
-    x = np.asarray(jax.device_get(images), np.float32)
+    x = np.asarray(sharding.to_host(images), np.float32)   # gathered: also across processes
     x = np.asarray(crop_padding(x, data_config.image_size, data_config.pad_to))
     return np.round(np.clip(np.asarray(to_unit_range(x)), 0.0, 1.0) * 255.0).astype(np.uint8)
 

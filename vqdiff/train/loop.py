@@ -131,3 +131,12 @@ def run_loop(config, workdir: str, trainer, *, make_batches: Callable[[int], Ite
         ckpt.close()
         writer.close()
         log.close()
+
+
+def save_metrics(workdir: str, metrics: dict) -> str:
+    """Writes `<workdir>/eval/metrics_<step>.json`."""
+    path = os.path.join(workdir, "eval", f"metrics_{int(metrics['step']):07d}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    return path

@@ -8,8 +8,8 @@ import numpy as np
 from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding, psnr, ssim, to_unit_range
 from vqdiff.models.lpips import make_lpips_fn
-from vqdiff.train import checkpoint, fid_reference, sharding
-from vqdiff.train.tokenizer_trainer import reconstruction_grid, save_metrics
+from vqdiff.train import checkpoint, fid_reference, loop, sharding
+from vqdiff.train.tokenizer_trainer import reconstruction_grid
 from vqdiff.train.validation import validate_tokenizer_config
 from vqdiff.train.vqgan_trainer import tokenizer_trainer
 
@@ -78,6 +78,6 @@ def evaluate(config, workdir: str) -> dict:
         rfid = fid_reference.fid_against_reference(reference, np.concatenate(rfid_images)[:rfid_count], fid_mesh)
         metrics.update(rfid=rfid["fid"], rfid_num_images=rfid_count)
     if jax.process_index() == 0:
-        path = save_metrics(workdir, metrics)
+        path = loop.save_metrics(workdir, metrics)
         reconstruction_grid(*first, os.path.join(os.path.dirname(path), f"reconstructions_{step:07d}.png"))
     return metrics

@@ -1,6 +1,5 @@
 """Training of the VQ tokenizer (VQ-VAE): one jitted, sharded update and a plain Python loop."""
 import functools
-import json
 import os
 
 import jax
@@ -14,6 +13,7 @@ from vqdiff.eval import grid
 from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.models.autoencoder import VQAutoencoder
 from vqdiff.train import checkpoint, loop, sharding
+from vqdiff.train.accumulation import accumulated_value_and_grad
 from vqdiff.train.optimizer import create_optimizer, learning_rate_schedule
 from vqdiff.train.state import TrainState, ema_update, skip_if_nonfinite, step_rng
 from vqdiff.train.validation import validate_tokenizer_config
@@ -54,22 +54,34 @@ def masked_mean(values, mask):
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, config):
-    """One update on a global batch {'image': [B, H, W, C], 'mask': [B]} → (new state, float32 metrics)."""
+    """One update on a global batch {'image': [B, H, W, C], 'mask': [B]} → (new state, float32 metrics).
+
+    With config.train.grad_accum_steps = k > 1 the batch is processed as k micro-batches in order; the
+    gradients and loss terms equal the big-batch step's, while an EMA codebook takes one EMA step per
+    micro-batch and perplexity / codes_used are averages over micro-batches.
+    """
     rng_quantizer, rng_dropout = jax.random.split(step_rng(config.seed, state.step))
     mutable = list(state.model_state.keys())
+    accum_steps = config.train.get("grad_accum_steps", 1)
 
-    def loss_fn(params):
-        variables = {"params": params, **state.model_state}
+    def loss_fn(params, micro, model_state, index):
+        rngs = {"quantizer": rng_quantizer, "dropout": rng_dropout}
+        if accum_steps > 1:
+            rngs = {name: jax.random.fold_in(rng, index) for name, rng in rngs.items()}
         (reconstruction, aux), new_model_state = model.apply(
-            variables, batch["image"], train=True, mask=batch["mask"], mutable=mutable,
-            rngs={"quantizer": rng_quantizer, "dropout": rng_dropout})
-        rec_loss = masked_mean(reconstruction_error(reconstruction, batch["image"],
-                                                    config.train.reconstruction_loss), batch["mask"])
+            {"params": params, **model_state}, micro["image"], train=True, mask=micro["mask"], mutable=mutable,
+            rngs=rngs)
+        rec_loss = masked_mean(reconstruction_error(reconstruction, micro["image"],
+                                                    config.train.reconstruction_loss), micro["mask"])
         loss = rec_loss + aux["loss"]
-        return loss, (rec_loss, aux, new_model_state, reconstruction)
+        image_psnr = masked_mean(psnr(*(to_unit_range(crop_padding(x, config.data.image_size, config.data.pad_to))
+                                        for x in (reconstruction, micro["image"]))), micro["mask"])
+        metrics = dict(reconstruction_loss=rec_loss, psnr=image_psnr,
+                       **{k: aux[k] for k in ("codebook_loss", "commitment_loss", "perplexity", "codes_used")})
+        return loss, (metrics, {**model_state, **new_model_state})
 
-    (loss, (rec_loss, aux, new_model_state, reconstruction)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, aux, new_model_state), grads = accumulated_value_and_grad(
+        loss_fn, state.params, {"image": batch["image"], "mask": batch["mask"]}, accum_steps, state.model_state)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -80,12 +92,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, config):
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if config.train.skip_nonfinite:
         new_state = skip_if_nonfinite(state, new_state, finite)
-    metrics = dict(
-        loss=loss, reconstruction_loss=rec_loss, codebook_loss=aux["codebook_loss"],
-        commitment_loss=aux["commitment_loss"], perplexity=aux["perplexity"], codes_used=aux["codes_used"],
-        grad_norm=grad_norm, skipped_steps=new_state.skipped_steps, learning_rate=learning_rate_schedule(config.train)(state.step),
-        psnr=masked_mean(psnr(*(to_unit_range(crop_padding(x, config.data.image_size, config.data.pad_to))
-                                for x in (reconstruction, batch["image"]))), batch["mask"]))
+    metrics = dict(aux, loss=loss, grad_norm=grad_norm, skipped_steps=new_state.skipped_steps,
+                   learning_rate=learning_rate_schedule(config.train)(state.step))
     return new_state, jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
 
@@ -93,23 +101,30 @@ class Trainer:
     """Model, optimizer, mesh and shardings of one tokenizer config: shared by train and eval.
     `devices` (default all) is the set the mesh spans."""
 
+    state_class = TrainState
+    progress_keys = ("loss", "reconstruction_loss", "psnr", "perplexity", "skipped_steps")
+
     def __init__(self, config, devices=None):
         self.config = config
         self.model = build_tokenizer(config)
         self.tx = create_optimizer(config.train)
         self.mesh = sharding.create_mesh(config.mesh, devices)
         self.batch_sharding = sharding.batch_sharding(self.mesh, config.mesh.batch_axes)
-        init = functools.partial(init_state, config, self.model, self.tx)
+        init = self.make_init()
         abstract = jax.eval_shape(init)
-        self.state_shardings = sharding.tree_shardings(abstract, self.mesh, config.mesh.param_rules)
+        self.state_shardings = sharding.state_shardings(abstract, self.mesh, config.mesh)
         self.abstract_state = checkpoint.abstract_with_shardings(abstract, self.state_shardings).as_dict()
         self._init = jax.jit(init, out_shardings=self.state_shardings)
+
+    def make_init(self):
+        """() → a fresh state; jitted with the state's shardings by __init__."""
+        return functools.partial(init_state, self.config, self.model, self.tx)
 
     def initial_state(self) -> TrainState:
         return self._init()
 
     def restore(self, checkpointer: checkpoint.Checkpointer, step: int | None = None) -> TrainState:
-        return TrainState.from_dict(checkpointer.restore(self.abstract_state, step))
+        return self.state_class.from_dict(checkpointer.restore(self.abstract_state, step))
 
     def compiled_train_step(self):
         step = functools.partial(train_step, model=self.model, tx=self.tx, config=self.config)
@@ -146,13 +161,14 @@ def reconstruction_grid(originals, reconstructions, path: str, columns: int = 8)
 def train(config, workdir: str):
     """Trains (or resumes) the tokenizer of `config` in `workdir`; returns the last step's metrics."""
     validate_tokenizer_config(config)
-    return loop.train_in_workdir(config, workdir, lambda: _train(config, workdir))
+    return loop.train_in_workdir(config, workdir, lambda: run_training(config, workdir, Trainer))
 
 
-def _train(config, workdir: str):
-    trainer = Trainer(config)
-    grid_images = jax.device_put(fixed_eval_images(config, config.eval.num_grid_images),
-                                 trainer.batch_sharding)
+def run_training(config, workdir: str, trainer_class):
+    """The tokenizer training loop for `trainer_class` (Trainer or a subclass such as the VQGAN's)."""
+    trainer = trainer_class(config)
+    grid_images = sharding.global_batch(fixed_eval_images(config, config.eval.num_grid_images),
+                                        trainer.batch_sharding)
     reconstruct = trainer.reconstruct_fn(config.eval.use_ema_params)
 
     def make_batches(start):
@@ -162,17 +178,11 @@ def _train(config, workdir: str):
 
     def draw_grid(state, step):
         recon, _ = reconstruct(state, grid_images)
-        reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
-                            os.path.join(workdir, "grids", f"reconstructions_{step:07d}.png"))
+        originals, recon = sharding.to_host((grid_images, recon))   # every process joins the gather
+        if jax.process_index() == 0:
+            count = config.eval.num_grid_images
+            reconstruction_grid(originals[:count], recon[:count],
+                                os.path.join(workdir, "grids", f"reconstructions_{step:07d}.png"))
 
     return loop.run_loop(config, workdir, trainer, make_batches=make_batches, draw_grid=draw_grid,
-                         progress_keys=("loss", "reconstruction_loss", "psnr", "perplexity", "skipped_steps"))
-
-
-def save_metrics(workdir: str, metrics: dict) -> str:
-    """Writes `<workdir>/eval/metrics_<step>.json`."""
-    path = os.path.join(workdir, "eval", f"metrics_{int(metrics['step']):07d}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2)
-    return path
+                         progress_keys=trainer.progress_keys)

@@ -40,6 +40,10 @@ def validate_common(config):
     check(t.batch_size % data_parallel == 0,
           f"config.train.batch_size={t.batch_size} is not divisible by the {data_parallel} devices of the "
           f"batch axes {tuple(config.mesh.batch_axes)}: use a multiple of {data_parallel}")
+    accum = t.get("grad_accum_steps", 1)
+    check(accum >= 1 and t.batch_size % (accum * data_parallel) == 0,
+          f"config.train.grad_accum_steps={accum} must be ≥ 1 and split config.train.batch_size={t.batch_size} "
+          f"into micro-batches that are multiples of the {data_parallel} data-parallel devices")
 
 
 def validate_tokenizer_config(config):
@@ -131,7 +135,8 @@ def validate_dit_config(config):
               f"config.model.hidden_size={m.hidden_size} is not divisible by config.model.num_heads={m.num_heads}")
         check(m.hidden_size % 4 == 0, f"config.model.hidden_size={m.hidden_size} must be a multiple of 4 "
                                       f"(2-D sin-cos position embedding)")
-    check(m.num_classes >= 1, f"config.model.num_classes={m.num_classes} must be ≥ 1")
+    check(m.num_classes >= 1 or "text" in config,
+          f"config.model.num_classes={m.num_classes} must be ≥ 1 (0 only for text-to-image configs)")
     check(0 <= m.class_dropout_prob < 1, f"config.model.class_dropout_prob={m.class_dropout_prob} must be in "
                                          f"[0, 1) (> 0 trains the null label that guidance needs)")
     check(diff.prediction in PREDICTIONS, f"config.diffusion.prediction={diff.prediction!r}: use one of "
@@ -144,11 +149,49 @@ def validate_dit_config(config):
         check(2 <= value <= diff.num_timesteps,
               f"{name}={value} must lie in [2, config.diffusion.num_timesteps={diff.num_timesteps}]")
     check(s.guidance_scale >= 0, f"config.sample.guidance_scale={s.guidance_scale} must be ≥ 0 (1 = no guidance)")
-    check(s.guidance_scale == 1 or m.class_dropout_prob > 0,
-          f"config.sample.guidance_scale={s.guidance_scale} needs a model trained with label dropout "
-          f"(config.model.class_dropout_prob > 0); use guidance_scale=1")
+    # A text-to-image model's unconditional branch is trained by caption dropout instead.
+    dropout_key, dropout = (("text.caption_dropout_prob", config.text.caption_dropout_prob) if "text" in config
+                            else ("model.class_dropout_prob", m.class_dropout_prob))
+    check(s.guidance_scale == 1 or dropout > 0,
+          f"config.sample.guidance_scale={s.guidance_scale} needs a model trained with the null condition "
+          f"(config.{dropout_key} > 0); use guidance_scale=1")
     check(s.batch_size > 0 and s.num_samples > 0,
           f"config.sample.batch_size={s.batch_size} and num_samples={s.num_samples} must be positive")
     check(e.num_samples >= 2 and e.fid_reference_images >= 2,
           f"config.eval.num_samples={e.num_samples} and fid_reference_images={e.fid_reference_images} must "
           f"be ≥ 2")
+
+
+def validate_t2i_config(config):
+    """Checks a text-to-image DiT config (the DiT keys and `config.text`); raises UserError on the first
+    problem."""
+    from vqdiff.data.captions import TEMPLATE_SETS
+    from vqdiff.models.text import build_text_encoder
+    from vqdiff.train.t2i_trainer import CAPTION_SOURCES
+
+    validate_dit_config(config)
+    t = config.text
+    try:
+        build_text_encoder(t.encoder)
+    except UserError as e:
+        raise UserError(f"config.text.encoder={dict(t.encoder)}: {e}") from None
+    check(0 < t.caption_dropout_prob < 1,
+          f"config.text.caption_dropout_prob={t.caption_dropout_prob} must be in (0, 1): the empty caption "
+          f"it trains is the unconditional branch of guidance")
+    check(t.captions in CAPTION_SOURCES,
+          f"config.text.captions={t.captions!r}: use one of {', '.join(CAPTION_SOURCES)}")
+    if t.captions == "class_templates":
+        check(len(t.class_names) == config.model.num_classes,
+              f"config.text.class_names has {len(t.class_names)} names but config.model.num_classes="
+              f"{config.model.num_classes}: give one name per class")
+        check(bool(config.tokenizer.latent_cache),
+              "config.text.captions='class_templates' trains from the latent cache: set "
+              "config.tokenizer.latent_cache=True")
+    else:
+        check(bool(config.data.get("caption_feature")),
+              "config.text.captions='dataset' reads each image's captions: name their text feature in "
+              "config.data.caption_feature (e.g. 'captions/text' for coco_captions)")
+        check(len(t.grid_prompts) > 0, "config.text.grid_prompts is empty: give the prompts of the training "
+                                       "grids")
+    check(config.eval.prompt_templates in TEMPLATE_SETS,
+          f"config.eval.prompt_templates={config.eval.prompt_templates!r}: use one of {', '.join(TEMPLATE_SETS)}")

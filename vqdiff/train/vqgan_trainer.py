@@ -16,24 +16,22 @@ gradients are taken with respect to the reconstruction, and each is pulled back 
 only the kernel's cotangent, which XLA reduces to the last layer's kernel gradient (dead-code elimination).
 """
 import functools
-import os
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.losses import gan
 from vqdiff.models.discriminator import build_discriminator
 from vqdiff.models.lpips import make_lpips_fn
 from vqdiff.models.quantizer import squared_distances
-from vqdiff.train import checkpoint, loop, sharding
+from vqdiff.train import loop, sharding
 from vqdiff.train.optimizer import decay_mask, learning_rate_schedule
 from vqdiff.train.state import TrainState, ema_update, skip_if_nonfinite, step_rng
-from vqdiff.train.tokenizer_trainer import (Trainer, fixed_eval_images, init_state, input_shape,
-                                            masked_mean, reconstruction_error, reconstruction_grid)
+from vqdiff.train.tokenizer_trainer import (Trainer, init_state, input_shape, masked_mean,
+                                            reconstruction_error, run_training)
 from vqdiff.train.validation import validate_vqgan_config
 
 
@@ -192,18 +190,18 @@ class VQGANTrainer(Trainer):
     LPIPS weights load on the first `compiled_train_step()`, so eval and the DiT's frozen tokenizer
     (which only restore) never need them."""
 
+    state_class = GANTrainState
+    progress_keys = ("loss", "reconstruction_loss", "perceptual_loss", "psnr", "adaptive_weight",
+                     "logits_real", "logits_fake", "perplexity", "skipped_steps")
+
     def __init__(self, config, devices=None):
-        super().__init__(config, devices)
         self.discriminator = build_discriminator(config.gan.disc.to_dict())
         self.disc_tx = discriminator_optimizer(config.gan)
-        init = functools.partial(init_gan_state, config, self.model, self.tx, self.discriminator, self.disc_tx)
-        abstract = jax.eval_shape(init)
-        self.state_shardings = sharding.tree_shardings(abstract, self.mesh, config.mesh.param_rules)
-        self.abstract_state = checkpoint.abstract_with_shardings(abstract, self.state_shardings).as_dict()
-        self._init = jax.jit(init, out_shardings=self.state_shardings)
+        super().__init__(config, devices)
 
-    def restore(self, checkpointer: checkpoint.Checkpointer, step: int | None = None) -> GANTrainState:
-        return GANTrainState.from_dict(checkpointer.restore(self.abstract_state, step))
+    def make_init(self):
+        return functools.partial(init_gan_state, self.config, self.model, self.tx, self.discriminator,
+                                 self.disc_tx)
 
     def compiled_train_step(self):
         step = functools.partial(train_step, model=self.model, discriminator=self.discriminator, tx=self.tx,
@@ -222,26 +220,4 @@ def tokenizer_trainer(config, devices=None) -> Trainer:
 def train(config, workdir: str):
     """Trains (or resumes) the VQGAN of `config` in `workdir`; returns the last step's metrics."""
     validate_vqgan_config(config)
-    return loop.train_in_workdir(config, workdir, lambda: _train(config, workdir))
-
-
-def _train(config, workdir: str):
-    trainer = VQGANTrainer(config)
-    grid_images = jax.device_put(fixed_eval_images(config, config.eval.num_grid_images),
-                                 trainer.batch_sharding)
-    reconstruct = trainer.reconstruct_fn(config.eval.use_ema_params)
-
-    def make_batches(start):
-        return iter(pipeline.create_dataset(config.data, split=config.data.train_split, train=True,
-                                            global_batch_size=config.train.batch_size, seed=config.seed,
-                                            start_step=start))
-
-    def draw_grid(state, step):
-        recon, _ = reconstruct(state, grid_images)
-        reconstruction_grid(jax.device_get(grid_images), jax.device_get(recon),
-                            os.path.join(workdir, "grids", f"reconstructions_{step:07d}.png"))
-
-    return loop.run_loop(config, workdir, trainer, make_batches=make_batches, draw_grid=draw_grid,
-                         progress_keys=("loss", "reconstruction_loss", "perceptual_loss", "psnr",
-                                        "adaptive_weight", "logits_real", "logits_fake", "perplexity",
-                                        "skipped_steps"))
+    return loop.train_in_workdir(config, workdir, lambda: run_training(config, workdir, VQGANTrainer))
