@@ -15,20 +15,11 @@ Expected: no run measured here (no accelerator); with DiT-B/2 at batch 256, ~400
 the scale at which PixArt-style models give recognisable COCO samples. --mode=eval (FID and prompt
 accuracy) needs class-template captions and refuses this config; draw samples with --mode=sample.
 """
-import importlib.util
-import pathlib
-
-
-def _dit_imagenet_config():
-    path = pathlib.Path(__file__).with_name("dit_imagenet.py")
-    spec = importlib.util.spec_from_file_location("dit_imagenet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from vqdiff.experiment_files import sibling_config
 
 
 def get_config():
-    config = _dit_imagenet_config()
+    config = sibling_config(__file__, "dit_imagenet")
     config.trainer = "dit_t2i"
     config.tokenizer.latent_cache = True
     config.data.update(dataset="coco_captions", train_split="train", eval_split="val", random_flip=False,

@@ -19,19 +19,8 @@ distinct captions are encoded once. Eval prompts come from 4 held-out templates 
 Expected on a 2-core CPU: training ≈ 10 minutes (1,000 steps of 128), eval ≈ 6 minutes; see the
 acceptance note in README for measured numbers.
 """
-import importlib.util
-import pathlib
-
 from vqdiff.data.captions import FASHION_MNIST_CLASSES
-
-
-def _class_conditional_config(variant: str):
-    """dit_fashion_mnist.py's config: same model, data, schedule and budget."""
-    path = pathlib.Path(__file__).with_name("dit_fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("dit_fashion_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+from vqdiff.experiment_files import sibling_config
 
 
 def get_config(variant: str = ""):
@@ -41,7 +30,7 @@ def get_config(variant: str = ""):
         raise ValueError(f"unknown variant {variant!r} of dit_t2i_fashion_mnist: use '', 'bytes', 'tiny' or "
                          f"'tiny_bytes'")
     tiny = variant.startswith("tiny")
-    config = _class_conditional_config("tiny" if tiny else "")
+    config = sibling_config(__file__, "dit_fashion_mnist", "tiny" if tiny else "")
     config.trainer = "dit_t2i"
     config.model.class_dropout_prob = 0.0   # no label embedding: captions condition the model
     encoder = dict(kind="minilm", max_length=16)

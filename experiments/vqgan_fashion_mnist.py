@@ -10,30 +10,23 @@ hinge loss, Adam (0.5, 0.9) as taming's, switched on at half of the steps with a
 (times the adaptive λ on the decoder's last kernel). Taming's 0.8 from a quarter of the steps wrecked the
 young decoder here: at step 400 of 1400, 50 steps after the start, test-batch PSNR fell from 19.3 to 13.0
 and perplexity from 648 to 254 (λ ≈ 1.1); short schedules (MaskGIT, MAGVIT) likewise use ≈ 0.1.
+from vqdiff.experiment_files import sibling_config
+
 NUM_STEPS: a VQGAN step costs more than a VQ-VAE step (LPIPS and the discriminator), so the step count is
 scaled to the VQ-VAE's wall clock: `python benchmarks/vqgan_step_cost.py` measured the VQGAN step at 1.62×
 the VQ-VAE step (290 vs 179 ms, batch 32, interleaved on a 2-core CPU) → 2300 / 1.62 ≈ 1420 steps.
 Expected: lower LPIPS and rFID than the VQ-VAE, PSNR within 2 dB of it, codebook usage ≥ 90 %.
 """
-import importlib.util
-import os
+from vqdiff.experiment_files import sibling_config
 
 NUM_STEPS = 1400
-
-
-def _vqvae_config(variant: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vqvae_fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("vqvae_fashion_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def get_config(variant: str = ""):
     """`variant`: '' (the default run) or 'tiny' (a seconds-long model and schedule, for tests)."""
     if variant not in ("", "tiny"):
         raise ValueError(f"unknown variant {variant!r} of vqgan_fashion_mnist: use '' or 'tiny'")
-    config = _vqvae_config(variant)
+    config = sibling_config(__file__, "vqvae_fashion_mnist", variant)
     config.trainer = "vqgan"
     config.gan = dict(
         disc=dict(kind="patchgan", channels=16, n_layers=2, norm="group", norm_groups=8, dtype="float32"),

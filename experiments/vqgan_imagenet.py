@@ -17,20 +17,11 @@ step 250001 (taming waits until the autoencoder has converged), Adam (0.5, 0.9) 
 for both players, as taming's base rate scaled by its batch.
 Expected (not yet measured by us): several days on a v3-32 for the published schedule.
 """
-import importlib.util
-import os
-
-
-def _vqvae_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vqvae_imagenet.py")
-    spec = importlib.util.spec_from_file_location("vqvae_imagenet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from vqdiff.experiment_files import sibling_config
 
 
 def get_config():
-    config = _vqvae_config()
+    config = sibling_config(__file__, "vqvae_imagenet")
     config.trainer = "vqgan"
     config.model.update(
         channels=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
