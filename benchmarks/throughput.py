@@ -150,14 +150,21 @@ def diffusers_dit_step(config, args):
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         eps, sigma = model(x_t, timestep=t, class_labels=labels).sample.chunk(2, dim=1)
         loss = torch.mean((eps - noise) ** 2) + torch.mean(sigma ** 2) * 1e-3
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm)
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, list(model.parameters()), 1 - config.train.ema_decay)
-        return float(loss.detach())
+        return torch_update(loss, model, optimizer, ema, config)
     return step
+
+
+def torch_update(loss, model, optimizer, ema, config) -> float:
+    """The peer's backward, clipped AdamW step and EMA update (as vqdiff's step does); returns the loss."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm)
+    optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, list(model.parameters()), 1 - config.train.ema_decay)
+    return float(loss.detach())
 
 
 def diffusers_vqmodel_step(config, args):
@@ -176,13 +183,7 @@ def diffusers_vqmodel_step(config, args):
     def step():
         output = model(images)
         loss = torch.mean((output.sample - images) ** 2) + output.commit_loss.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm)
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, list(model.parameters()), 1 - config.train.ema_decay)
-        return float(loss.detach())
+        return torch_update(loss, model, optimizer, ema, config)
     return step
 
 

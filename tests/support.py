@@ -47,3 +47,21 @@ def load_experiment(name: str, variant: str = ""):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant) if variant else module.get_config()
+
+
+def random_dit_state(config, model, tx, latent_shape):
+    """A DiT training state with every parameter drawn at random (non-zero adaLN and output layers, so
+    that every parameter gets a gradient); built from shapes, so nothing but the steps compiles."""
+    import jax
+    import jax.numpy as jnp
+
+    from vqdiff.train import dit_trainer
+
+    abstract = jax.eval_shape(lambda: dit_trainer.init_state(config, model, tx, latent_shape))
+    leaves, treedef = jax.tree.flatten(abstract.params)
+    rng = np.random.default_rng(0)
+    params = jax.tree.unflatten(treedef, [jnp.asarray(0.1 * rng.standard_normal(p.shape), p.dtype) for p in leaves])
+    stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones((), jnp.float32))
+    return abstract.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                            ema_params=params, model_state={"latent_stats": stats},
+                            skipped_steps=jnp.zeros((), jnp.int32))

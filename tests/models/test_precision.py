@@ -9,7 +9,7 @@ from vqdiff.diffusion.schedules import make_schedule
 from vqdiff.models.autoencoder import VQAutoencoder
 from vqdiff.train import dit_trainer
 
-from support import load_experiment
+from support import load_experiment, random_dit_state
 
 FLOAT32 = jnp.dtype(jnp.float32)
 
@@ -41,19 +41,6 @@ def test_autoencoder_bfloat16_keeps_float32_params_and_outputs():
     assert latent_bf16.dtype == FLOAT32 and image_bf16.dtype == FLOAT32
     assert 0 < _relative_error(latent_bf16, latent) < 5e-2       # bf16 was used, within its rounding
     assert 0 < _relative_error(image_bf16, image) < 5e-2
-
-
-def random_dit_state(config, model, tx, latent_shape):
-    """A training state with every DiT parameter drawn at random (a non-zero output: a non-trivial loss),
-    built from shapes so that only the steps compile."""
-    abstract = jax.eval_shape(lambda: dit_trainer.init_state(config, model, tx, latent_shape))
-    leaves, treedef = jax.tree.flatten(abstract.params)
-    rng = np.random.default_rng(0)
-    params = jax.tree.unflatten(treedef, [jnp.asarray(0.1 * rng.standard_normal(p.shape), p.dtype) for p in leaves])
-    stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones((), jnp.float32))
-    return abstract.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                            ema_params=params, model_state={"latent_stats": stats},
-                            skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def test_dit_bfloat16_training_step_keeps_float32_loss_and_state():

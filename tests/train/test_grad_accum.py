@@ -10,7 +10,7 @@ from vqdiff.diffusion.schedules import make_schedule
 from vqdiff.train import dit_trainer, tokenizer_trainer
 from vqdiff.train.accumulation import accumulated_value_and_grad, split_micro_batches
 
-from support import load_experiment
+from support import load_experiment, random_dit_state
 
 
 def test_split_micro_batches_is_strided_and_complete():
@@ -59,19 +59,6 @@ def _assert_same_update(state, micro_state, big_state):
         np.testing.assert_allclose(update_micro, update_big, rtol=1e-4, atol=1e-6 * scale)
     assert all(np.abs(np.asarray(b - p)).max() > 0
                for p, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(big_state.params)))
-
-
-def random_dit_state(config, model, tx, latent_shape):
-    """A DiT training state with every parameter drawn at random (non-zero adaLN and output layers, so
-    that every parameter gets a gradient); built from shapes, so nothing but the steps compiles."""
-    abstract = jax.eval_shape(lambda: dit_trainer.init_state(config, model, tx, latent_shape))
-    leaves, treedef = jax.tree.flatten(abstract.params)
-    rng = np.random.default_rng(0)
-    params = jax.tree.unflatten(treedef, [jnp.asarray(0.1 * rng.standard_normal(p.shape), p.dtype) for p in leaves])
-    stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones((), jnp.float32))
-    return abstract.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                            ema_params=params, model_state={"latent_stats": stats},
-                            skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def test_dit_step_with_micro_batches_equals_big_batch_step():
