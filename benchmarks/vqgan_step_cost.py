@@ -1,13 +1,15 @@
-"""Cost of one VQGAN training step beside one VQ-VAE step, and the VQGAN step count of equal wall clock.
+"""Cost of the VQGAN's training steps beside one VQ-VAE step, and the VQGAN step count of equal wall clock.
 
     python benchmarks/vqgan_step_cost.py --rounds 10
 
 Both trainers come from the experiments' default configs (experiments/vqvae_fashion_mnist.py and
 experiments/vqgan_fashion_mnist.py), compiled for one device with the configs' batch size, on synthetic
-images in [-1, 1]. The VQGAN step is timed after its discriminator start (before the start it runs the same
-ops; see vqdiff/train/vqgan_trainer.py). Rounds alternate between the two after an untimed warm-up each
-(machine speed drifts, so only numbers from one run are compared). Prints one JSON line with ms per step,
-ratio = VQGAN / VQ-VAE, and `vqgan_steps_for_vqvae_budget` = the VQ-VAE's num_steps / ratio.
+images in [-1, 1]. The VQGAN has two steps: the one the loop runs before `config.gan.start_step`
+(no discriminator) and the full one after it; both are timed. Rounds alternate between the three after an
+untimed warm-up each (machine speed drifts, so only numbers from one run are compared). Prints one JSON
+line with ms per step, each VQGAN step's ratio to the VQ-VAE's, and `vqgan_steps_for_vqvae_budget`: the
+num_steps whose wall clock (start_step steps before the start, the rest after) equals the VQ-VAE's
+num_steps.
 """
 import argparse
 import importlib.util
@@ -32,16 +34,16 @@ def load_config(name: str):
     return module.get_config()
 
 
-def stepper(trainer, config):
+def stepper(trainer, config, **step_kwargs):
     """A () → None that runs one compiled update on a fixed batch and waits for it."""
-    update = trainer.compiled_train_step()
+    update = trainer.compiled_train_step(**step_kwargs)
     size = config.data.pad_to or config.data.image_size
     rng = np.random.default_rng(0)
     batch = dict(image=rng.uniform(-1, 1, (config.train.batch_size, size, size, config.data.channels)).astype(np.float32),
                  label=np.zeros(config.train.batch_size, np.int32), mask=np.ones(config.train.batch_size, np.float32))
     batch = sharding.global_batch(batch, trainer.batch_sharding)
     box = [trainer.initial_state()]
-    if hasattr(box[0], "disc_params"):  # time the step with the adversarial half switched on
+    if step_kwargs.get("with_discriminator", False):  # time the full step with the adversarial half on
         box[0] = box[0].replace(step=box[0].step + config.gan.start_step)
 
     def run():
@@ -58,8 +60,10 @@ def main() -> None:
 
     vqvae_config, vqgan_config = load_config("vqvae_fashion_mnist"), load_config("vqgan_fashion_mnist")
     devices = jax.devices()[:1]
+    vqgan = VQGANTrainer(vqgan_config, devices)
     runs = dict(vqvae=stepper(Trainer(vqvae_config, devices), vqvae_config),
-                vqgan=stepper(VQGANTrainer(vqgan_config, devices), vqgan_config))
+                vqgan_before_start=stepper(vqgan, vqgan_config, with_discriminator=False),
+                vqgan_full=stepper(vqgan, vqgan_config, with_discriminator=True))
     for run in runs.values():
         run()
     seconds = dict.fromkeys(runs, 0.0)
@@ -71,13 +75,15 @@ def main() -> None:
             seconds[name] += time.perf_counter() - start
     steps = args.rounds * args.steps_per_round
     ms = {name: 1e3 * s / steps for name, s in seconds.items()}
-    ratio = ms["vqgan"] / ms["vqvae"]
+    before, full = ms["vqgan_before_start"] / ms["vqvae"], ms["vqgan_full"] / ms["vqvae"]
+    start_step = vqgan_config.gan.start_step
+    budget = vqvae_config.train.num_steps   # in VQ-VAE steps
     print(json.dumps(dict(
         device=str(devices[0].device_kind), batch_size=vqgan_config.train.batch_size, steps=steps,
-        vqvae_ms_per_step=round(ms["vqvae"], 2), vqgan_ms_per_step=round(ms["vqgan"], 2), ratio=round(ratio, 3),
-        vqvae_num_steps=vqvae_config.train.num_steps,
-        vqgan_steps_for_vqvae_budget=int(vqvae_config.train.num_steps / ratio))))
-
+        **{f"{name}_ms_per_step": round(value, 2) for name, value in ms.items()},
+        before_start_ratio=round(before, 3), full_ratio=round(full, 3),
+        vqvae_num_steps=budget, vqgan_start_step=start_step,
+        vqgan_steps_for_vqvae_budget=int(start_step + (budget - start_step * before) / full))))
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """VQGAN trainer: λ against an independent gradient-norm ratio, the start step, independence of the two
 half-updates, resume exactness, and eval on a VQGAN workdir."""
+import json
 import os
 import shutil
 
@@ -90,6 +91,18 @@ def test_before_start_discriminator_is_frozen_and_generator_has_no_adversarial_t
     allclose_trees(after.params, optax.apply_updates(before.params, updates))
 
 
+def test_step_without_discriminator_equals_the_full_step_before_the_start(steps):
+    trainer, states, metrics, batches = steps
+    update = trainer.compiled_train_step(with_discriminator=False)
+    state, m = update(jax.device_put(states[0], trainer.state_shardings),
+                      sharding.global_batch(batches[0], trainer.batch_sharding))
+    allclose_trees(jax.device_get(state).as_dict(), states[1].as_dict())
+    for name in ("loss", "reconstruction_loss", "perceptual_loss", "codebook_loss", "psnr"):
+        assert m[name] == pytest.approx(metrics[0][name], rel=1e-5)
+    assert m["logits_real"] == m["logits_fake"] == m["generator_adversarial_loss"] == 0
+    assert set(m) == set(metrics[0])
+
+
 def test_adaptive_weight_is_the_ratio_of_last_kernel_gradient_norms(steps):
     trainer, states, metrics, batches = steps
     state, images = states[1], jnp.asarray(batches[1]["image"])
@@ -138,8 +151,11 @@ def trained_runs(tmp_path_factory, weights_cache):
 
 
 def test_resume_equals_uninterrupted_run(trained_runs):
-    _, full, resumed = trained_runs
+    workdir, full, resumed = trained_runs
     assert int(full.step) == int(resumed.step) == 4
+    # The loop ran step 1 without the discriminator (start_step 1), then the full step.
+    logged = {r["step"]: r for r in map(json.loads, open(os.path.join(workdir, "train_metrics.jsonl")))}
+    assert logged[1]["logits_real"] == 0 and all(logged[s]["logits_real"] != 0 for s in (2, 3, 4))
     allclose_trees(full.as_dict(), resumed.as_dict(), rtol=1e-6, atol=1e-7)
 
 

@@ -1,7 +1,9 @@
 """The plain training loop every trainer shares: resume, update, log, grid, checkpoint, stop cleanly.
 
 A trainer object provides `initial_state()`, `restore(checkpointer)`, `compiled_train_step()` and
-`batch_sharding`; the caller provides the batches and what to draw at each grid interval.
+`batch_sharding`, and may provide `compiled_train_phases()` → [(first step, update)] when different steps
+take different updates (the VQGAN's before and after its discriminator starts); the caller provides the
+batches and what to draw at each grid interval.
 """
 import json
 import os
@@ -74,6 +76,13 @@ def train_in_workdir(config, workdir: str, body: Callable[[], dict]) -> dict:
         return body()
 
 
+def train_phases(trainer) -> list:
+    """[(first step, compiled update)] sorted by first step: the trainer's phases, or one from step 0."""
+    if hasattr(trainer, "compiled_train_phases"):
+        return sorted(trainer.compiled_train_phases(), key=lambda phase: phase[0])
+    return [(0, trainer.compiled_train_step())]
+
+
 def run_loop(config, workdir: str, trainer, *, make_batches: Callable[[int], Iterator[dict]],
              draw_grid: Callable[[object, int], None], progress_keys: tuple[str, ...],
              prepare_state: Callable = lambda state: state) -> dict:
@@ -96,7 +105,7 @@ def run_loop(config, workdir: str, trainer, *, make_batches: Callable[[int], Ite
         return {}
 
     data = make_batches(start)
-    update = trainer.compiled_train_step()
+    phases = train_phases(trainer)
     writer = progress.create_writer(os.path.join(workdir, "tensorboard"))
     log = MetricsLog(os.path.join(workdir, "train_metrics.jsonl"))
     report = progress.Progress(start, tc.num_steps, tc.batch_size)
@@ -106,6 +115,7 @@ def run_loop(config, workdir: str, trainer, *, make_batches: Callable[[int], Ite
     try:
         for step in range(start, tc.num_steps):
             batch = sharding.global_batch(next(data), trainer.batch_sharding)
+            update = next(update for first, update in reversed(phases) if step >= first)
             state, metrics = update(state, batch)
             if previous is not None:
                 check(*previous)

@@ -7,10 +7,12 @@ generator's current (stop-gradient) reconstructions. Neither half sees the other
 Generator loss = reconstruction (mse | l1) + perceptual_weight · LPIPS + quantizer loss
                  (+ entropy_weight · codebook entropy) + factor · adversarial_weight · λ · g_loss,
 λ = ‖∇_W L_rec‖ / (‖∇_W g_loss‖ + eps) with W the decoder's last conv kernel (Esser et al. 2021), and
-factor = 1 from `config.gan.start_step` on, 0 before. Before the start both halves still run (selected
-away with jnp.where: XLA:CPU ran a lax.cond branch holding them 4× slower than the same ops outside it),
-the generator gets no adversarial term, and the discriminator, its optimizer state and the logit EMAs
-keep their exact values.
+factor = 1 from `config.gan.start_step` on, 0 before. Before the start the generator gets no adversarial
+term, and the discriminator, its optimizer state and the logit EMAs keep their exact values. The loop runs
+those steps with a second compiled step that leaves the discriminator out altogether (the VQ-VAE's cost,
+plus LPIPS when perceptual_weight > 0); the full step also gates by the step number (with jnp.where:
+XLA:CPU ran a lax.cond branch holding the adversarial half 4× slower than the same ops outside it), so
+either step is correct at any step. perceptual_weight 0 skips LPIPS.
 λ needs no second backward pass: the autoencoder is differentiated once with jax.vjp, the two loss
 gradients are taken with respect to the reconstruction, and each is pulled back through the vjp keeping
 only the kernel's cotangent, which XLA reduces to the last layer's kernel gradient (dead-code elimination).
@@ -80,57 +82,18 @@ def autoencode(module, images, *, mask, with_distances: bool):
     return module.decode(z_q, train=True), aux, distances
 
 
-def train_step(state: GANTrainState, batch: dict, *, model, discriminator, tx, disc_tx, lpips_fn, config):
-    """One generator and one discriminator update on {'image': [B, H, W, C], 'mask': [B]} → (state, metrics).
+def discriminator_metric_names(gan_config) -> tuple[str, ...]:
+    """The discriminator's metrics of a train step, as `discriminator_update` returns them."""
+    return (("discriminator_loss", "logits_real", "logits_fake", "discriminator_grad_norm")
+            + (("r1_penalty",) if gan_config.r1_weight > 0 else ())
+            + (("lecam_loss",) if gan_config.lecam_weight > 0 else ()))
 
-    The adversarial terms average over the whole batch (training batches carry no padding).
-    """
-    g = config.gan
-    d_loss_fn, g_loss_fn = gan.gan_losses(g.loss)
-    images, mask = batch["image"], batch["mask"]
-    rng_quantizer, rng_dropout = jax.random.split(step_rng(config.seed, state.step))
-    mutable = list(state.model_state.keys())
-    factor = gan.discriminator_factor(state.step, g.start_step)
-    adversarial = factor > 0
-    disc_apply = lambda params, x: discriminator.apply({"params": params}, x)
 
-    def generator_forward(params):
-        outputs, new_model_state = model.apply(
-            {"params": params, **state.model_state}, images, mask=mask, with_distances=g.entropy_weight > 0,
-            method=autoencode, mutable=mutable, rngs={"quantizer": rng_quantizer, "dropout": rng_dropout})
-        recon, aux, distances = outputs
-        quantizer_loss = aux["loss"]
-        entropy = gan.codebook_entropy_loss(distances, g.entropy_temperature) if g.entropy_weight > 0 else 0.0
-        return (recon, quantizer_loss + g.entropy_weight * entropy), (aux, entropy, new_model_state)
-
-    (recon, latent_loss), generator_vjp, (aux, entropy, new_model_state) = jax.vjp(
-        generator_forward, state.params, has_aux=True)
-
-    def reconstruction_loss(x):
-        pixel = masked_mean(reconstruction_error(x, images, config.train.reconstruction_loss), mask)
-        perceptual = masked_mean(lpips_fn(x, images), mask)
-        return pixel + g.perceptual_weight * perceptual, (pixel, perceptual)
-
-    (rec_loss, (pixel_loss, perceptual_loss)), rec_cotangent = jax.value_and_grad(
-        reconstruction_loss, has_aux=True)(recon)
-
-    def last_kernel_grad(cotangent):
-        """∂L/∂W of the decoder's last conv kernel, for a loss L whose gradient w.r.t. recon is `cotangent`."""
-        return generator_vjp((cotangent, jnp.zeros_like(latent_loss)))[0]["decoder"]["conv_out"]["kernel"]
-
-    g_loss, g_cotangent = jax.value_and_grad(lambda x: g_loss_fn(disc_apply(state.disc_params, x)))(recon)
-    adaptive_weight = gan.adaptive_generator_weight(
-        last_kernel_grad(rec_cotangent), last_kernel_grad(g_cotangent), max_weight=g.adaptive_weight_max,
-        eps=g.adaptive_weight_eps)
-    # where, not factor · x: a non-finite value of the idle discriminator must not leak in before the start.
-    g_loss, g_cotangent, g_scale = (jnp.where(adversarial, x, 0.0) for x in (
-        g_loss, g_cotangent, factor * g.adversarial_weight * adaptive_weight))
-    (grads,) = generator_vjp((rec_cotangent + g_scale * g_cotangent, jnp.ones_like(latent_loss)))
-    loss = rec_loss + latent_loss + g_scale * g_loss
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    fake = jax.lax.stop_gradient(recon)
+def discriminator_update(state: GANTrainState, images, fake, adversarial, *, disc_apply, d_loss_fn, disc_tx,
+                         gan_config):
+    """One discriminator update on real `images` and generated `fake` (both [B, H, W, C]) from the old
+    state → (disc_params, disc_opt_state, logit_ema, metrics); the old values where `adversarial` is False."""
+    g = gan_config
 
     def discriminator_loss(disc_params):
         logits_real, logits_fake = disc_apply(disc_params, images), disc_apply(disc_params, fake)
@@ -157,6 +120,73 @@ def train_step(state: GANTrainState, batch: dict, *, model, discriminator, tx, d
         (state.disc_params, state.disc_opt_state, state.logit_ema))
     d_terms.update(logits_real=jnp.mean(logits_real), logits_fake=jnp.mean(logits_fake),
                    discriminator_grad_norm=optax.tree.norm(d_grads))
+    return disc_params, disc_opt_state, logit_ema, d_terms
+
+
+def train_step(state: GANTrainState, batch: dict, *, model, discriminator, tx, disc_tx, lpips_fn, config,
+               with_discriminator: bool = True):
+    """One generator and one discriminator update on {'image': [B, H, W, C], 'mask': [B]} → (state, metrics).
+
+    The adversarial terms average over the whole batch (training batches carry no padding).
+    with_discriminator=False: the step of a state before `config.gan.start_step`, without computing the
+    discriminator at all (its params, optimizer state and logit EMAs are passed through; its metrics are 0).
+    """
+    g = config.gan
+    d_loss_fn, g_loss_fn = gan.gan_losses(g.loss)
+    images, mask = batch["image"], batch["mask"]
+    rng_quantizer, rng_dropout = jax.random.split(step_rng(config.seed, state.step))
+    mutable = list(state.model_state.keys())
+    factor = gan.discriminator_factor(state.step, g.start_step)
+    adversarial = factor > 0
+    disc_apply = lambda params, x: discriminator.apply({"params": params}, x)
+
+    def generator_forward(params):
+        outputs, new_model_state = model.apply(
+            {"params": params, **state.model_state}, images, mask=mask, with_distances=g.entropy_weight > 0,
+            method=autoencode, mutable=mutable, rngs={"quantizer": rng_quantizer, "dropout": rng_dropout})
+        recon, aux, distances = outputs
+        quantizer_loss = aux["loss"]
+        entropy = gan.codebook_entropy_loss(distances, g.entropy_temperature) if g.entropy_weight > 0 else 0.0
+        return (recon, quantizer_loss + g.entropy_weight * entropy), (aux, entropy, new_model_state)
+
+    (recon, latent_loss), generator_vjp, (aux, entropy, new_model_state) = jax.vjp(
+        generator_forward, state.params, has_aux=True)
+
+    def reconstruction_loss(x):
+        pixel = masked_mean(reconstruction_error(x, images, config.train.reconstruction_loss), mask)
+        perceptual = masked_mean(lpips_fn(x, images), mask) if g.perceptual_weight > 0 else jnp.zeros(())
+        return pixel + g.perceptual_weight * perceptual, (pixel, perceptual)
+
+    (rec_loss, (pixel_loss, perceptual_loss)), rec_cotangent = jax.value_and_grad(
+        reconstruction_loss, has_aux=True)(recon)
+
+    def last_kernel_grad(cotangent):
+        """∂L/∂W of the decoder's last conv kernel, for a loss L whose gradient w.r.t. recon is `cotangent`."""
+        return generator_vjp((cotangent, jnp.zeros_like(latent_loss)))[0]["decoder"]["conv_out"]["kernel"]
+
+    if with_discriminator:
+        g_loss, g_cotangent = jax.value_and_grad(lambda x: g_loss_fn(disc_apply(state.disc_params, x)))(recon)
+        adaptive_weight = gan.adaptive_generator_weight(
+            last_kernel_grad(rec_cotangent), last_kernel_grad(g_cotangent), max_weight=g.adaptive_weight_max,
+            eps=g.adaptive_weight_eps)
+        # where, not factor · x: a non-finite value of the idle discriminator must not leak in before the start.
+        g_loss, g_cotangent, g_scale = (jnp.where(adversarial, x, 0.0) for x in (
+            g_loss, g_cotangent, factor * g.adversarial_weight * adaptive_weight))
+        cotangent = rec_cotangent + g_scale * g_cotangent
+    else:
+        g_loss = adaptive_weight = g_scale = jnp.zeros((), jnp.float32)
+        cotangent = rec_cotangent
+    (grads,) = generator_vjp((cotangent, jnp.ones_like(latent_loss)))
+    loss = rec_loss + latent_loss + g_scale * g_loss
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if with_discriminator:
+        disc_params, disc_opt_state, logit_ema, d_terms = discriminator_update(
+            state, images, jax.lax.stop_gradient(recon), adversarial, disc_apply=disc_apply,
+            d_loss_fn=d_loss_fn, disc_tx=disc_tx, gan_config=g)
+    else:
+        disc_params, disc_opt_state, logit_ema = state.disc_params, state.disc_opt_state, state.logit_ema
+        d_terms = dict.fromkeys(discriminator_metric_names(g), jnp.zeros((), jnp.float32))
 
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
@@ -203,13 +233,22 @@ class VQGANTrainer(Trainer):
         return functools.partial(init_gan_state, self.config, self.model, self.tx, self.discriminator,
                                  self.disc_tx)
 
-    def compiled_train_step(self):
+    def compiled_train_step(self, with_discriminator: bool = True):
+        """The jitted train_step (with_discriminator=False: the cheaper step for states before the start)."""
+        g = self.config.gan
         step = functools.partial(train_step, model=self.model, discriminator=self.discriminator, tx=self.tx,
-                                 disc_tx=self.disc_tx, lpips_fn=make_lpips_fn(self.config.gan.lpips_backbone),
-                                 config=self.config)
+                                 disc_tx=self.disc_tx, config=self.config, with_discriminator=with_discriminator,
+                                 lpips_fn=make_lpips_fn(g.lpips_backbone) if g.perceptual_weight > 0 else None)
         return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                        donate_argnums=(0,))
+
+    def compiled_train_phases(self):
+        """[(first step, update)]: the step without the discriminator before `config.gan.start_step`, the
+        full step from there on (jit compiles each on its first call, so a resumed run skips the first)."""
+        start = self.config.gan.start_step
+        full = (start, self.compiled_train_step())
+        return [(0, self.compiled_train_step(with_discriminator=False)), full] if start > 0 else [full]
 
 
 def tokenizer_trainer(config, devices=None) -> Trainer:
