@@ -14,7 +14,8 @@ from vqdiff import weights
 from vqdiff.eval import fid
 from vqdiff.models import inception
 
-# Every network call below uses these shapes, so the Inception compiles once unsharded and once sharded.
+# Every network call below uses these shapes, so the Inception compiles once unsharded and once sharded
+# (and once more unchunked, for the chunking test).
 IMAGE_SHAPE = (16, 16, 3)
 BATCH = 8
 
@@ -97,6 +98,15 @@ def test_sharded_features_equal_unsharded(inception_cache, mesh):
     unsharded = fid.inception_features([images[:5], images[5:]], batch_size=BATCH)  # An iterable of arrays.
     assert sharded.shape == unsharded.shape == (10, inception.FEATURE_DIM)
     np.testing.assert_allclose(sharded, unsharded, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_features_equal_whole_batch(inception_cache):
+    """On CPU a batch runs through the network a few images at a time; the values must not change."""
+    params = fid._inception_params(str(weights.weights_path(inception.WEIGHTS_NAME)), None)
+    images = _images(5, BATCH)
+    whole = np.asarray(fid._pool3(params, images, chunk=None))
+    chunked = np.asarray(fid._pool3(params, images, chunk=2))
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_reference_statistics_are_cached(inception_cache):

@@ -78,6 +78,26 @@ def test_features_match_torchscript(inception_weights, torchscript_model):
     assert _relative_error(ours, _torchscript_features(torchscript_model, theirs_input)) <= 1e-4
 
 
+@pytest.mark.parametrize("kernel_size,padding", [((1, 1), (0, 0)), ((1, 3), (0, 1))])
+def test_conv_bn_is_convolution_then_batch_norm(kernel_size, padding):
+    """1×1 kernels take a dot instead of a convolution; both must be the convolution's values."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 5, 6, 4)), jnp.float32)
+    layer = inception.ConvBN(3, kernel_size, padding=padding, precision=jax.lax.Precision.HIGHEST)
+    params = {"kernel": jnp.asarray(rng.normal(size=(*kernel_size, 4, 3)), jnp.float32),
+              "beta": jnp.asarray(rng.normal(size=3), jnp.float32),
+              "mean": jnp.asarray(rng.normal(size=3), jnp.float32),
+              "var": jnp.asarray(rng.uniform(0.5, 2.0, size=3), jnp.float32)}
+    ours = np.asarray(layer.apply({"params": params}, x))
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    (kh, kw), (ph, pw) = kernel_size, padding
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    conv = sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + 5 + 2 * ph - kh + 1, j:j + 6 + 2 * pw - kw + 1],
+                         p["kernel"][i, j]) for i in range(kh) for j in range(kw))
+    expected = np.maximum((conv - p["mean"]) / np.sqrt(p["var"] + 1e-3) + p["beta"], 0.0)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("in_size,out_size", [(28, 299), (5, 12), (512, 299), (299, 299)])
 def test_bilinear_matrix_is_tf1_resize(in_size, out_size):
     expected = np.zeros((out_size, in_size))

