@@ -7,8 +7,11 @@ Ours is the real jitted update of the trainer (`dit_trainer.train_step` on 32×3
 `tokenizer_trainer.train_step` on 64×64×3 images): forward, loss, gradients, clipped AdamW, EMA
 params. The peer is diffusers' `DiTTransformer2DModel` (or `VQModel`) of the same configuration (mapped
 as in vqdiff.convert), trained with the same loss terms, clipping, `torch.optim.AdamW` and an EMA copy,
-on as many threads as XLA's CPU backend uses (all cores). Rounds alternate between the two after one
-untimed warm-up step each (machine speed drifts, so only numbers from one run are compared).
+on as many threads as XLA's CPU backend uses (all cores). The autoencoders match layer for layer: nearest +
+conv upsampling on both sides (`config_from_diffusers`), the same FLOPs; on CPU ours takes most convolutions'
+kernel gradients as per-tap matmuls (vqdiff.models.im2col; benchmarks/autoencoder_layer_cost.py times them).
+Rounds alternate between the two after one untimed warm-up step each (machine speed drifts, so only numbers
+from one run are compared).
 
 Reported (one JSON line): images_per_sec and sec_per_step (mean over rounds), flops_per_sec (the
 compiled step's FLOPs from XLA's cost analysis ÷ its time), peak_fraction (that ÷ the float32 matmul

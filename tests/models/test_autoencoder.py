@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from vqdiff.models.autoencoder import (AttentionBlock, VQAutoencoder, depth_to_space, downsampling_factor,
-                                       space_to_depth)
+from vqdiff.models import im2col
+from vqdiff.models.autoencoder import (AttentionBlock, ResnetBlock, VQAutoencoder, depth_to_space,
+                                       downsampling_factor, space_to_depth)
 
 
 def test_space_depth_rearrangements_match_tensorflow_and_invert():
@@ -35,6 +36,20 @@ def test_attention_block_matches_numpy_softmax_attention():
     weights /= weights.sum(-1, keepdims=True)
     expected = x + dense("proj_out", weights @ v).reshape(2, 3, 3, 8)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_block_gradients_equal_with_xla_convolutions(monkeypatch):
+    """At 32+ channels 'auto' takes tap_grad (3×3) and im2col (1×1 shortcut) on CPU; XLA's convs: reference."""
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 6, 32)), jnp.float32)
+    block = ResnetBlock(64, norm_groups=8)
+    params = block.init(jax.random.key(0), x)
+
+    def grads():
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(block.apply(p, x))), argnums=(0, 1))(params, x)
+    ours = grads()
+    monkeypatch.setattr(im2col, "resolve_implementation", lambda *args: "xla")
+    for want, have in zip(jax.tree.leaves(grads()), jax.tree.leaves(ours)):
+        np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-4)
 
 
 def model_config(multipliers, space_to_depth_factor=1, upsample="depth_to_space", attention=False):

@@ -2,7 +2,8 @@
 
 Layout (NHWC): conv_in → per level [residual blocks (+ attention) → downsample] → middle
 [res, attention, res] → GroupNorm, swish, conv_out. The decoder mirrors it with one more residual
-block per level. The downsampling factor is 2 ** (len(channel_multipliers) - 1).
+block per level. The downsampling factor is 2 ** (len(channel_multipliers) - 1). Convolutions are
+im2col.Conv: nn.Conv's params, with a form picked by shape on CPU (XLA's kernel gradients are slow there).
 """
 from typing import Sequence
 
@@ -10,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqdiff.models.im2col import Conv
 from vqdiff.models.quantizer import VectorQuantizer
 
 
@@ -41,12 +43,12 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         h = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(nn.swish(h))
+        h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(nn.swish(h))
         h = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(h))
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
+        h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="shortcut")(x)
+            x = Conv(self.out_channels, (1, 1), dtype=self.dtype, name="shortcut")(x)
         return x + h
 
 
@@ -72,7 +74,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype, name="conv")(x)
+        return Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype, name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -85,10 +87,10 @@ class Upsample(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         if self.method == "depth_to_space":
-            return depth_to_space(nn.Conv(4 * c, (3, 3), dtype=self.dtype, name="conv")(x), 2)
+            return depth_to_space(Conv(4 * c, (3, 3), dtype=self.dtype, name="conv")(x), 2)
         if self.method == "nearest":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-            return nn.Conv(c, (3, 3), dtype=self.dtype, name="conv")(x)
+            return Conv(c, (3, 3), dtype=self.dtype, name="conv")(x)
         raise ValueError(f"model.upsample={self.method!r}: use 'depth_to_space' or 'nearest'")
 
 
@@ -136,7 +138,7 @@ class Encoder(nn.Module):
     def __call__(self, x, *, train: bool = False):
         if self.space_to_depth > 1:
             x = space_to_depth(x, self.space_to_depth)
-        x = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+        x = Conv(self.channels, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         lowest = len(self.channel_multipliers) - 1
         for level, mult in enumerate(self.channel_multipliers):
             for i in range(self.num_res_blocks):
@@ -149,7 +151,7 @@ class Encoder(nn.Module):
         x = MiddleBlock(x.shape[-1], _middle_attention(self), self.norm_groups, self.dropout, self.dtype,
                         name="middle")(x, train=train)
         x = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
-        return nn.Conv(self.latent_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
+        return Conv(self.latent_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
 
 
 class Decoder(nn.Module):
@@ -169,7 +171,7 @@ class Decoder(nn.Module):
     @nn.compact
     def __call__(self, z, *, train: bool = False):
         lowest = len(self.channel_multipliers) - 1
-        x = nn.Conv(self.channels * self.channel_multipliers[-1], (3, 3), dtype=self.dtype,
+        x = Conv(self.channels * self.channel_multipliers[-1], (3, 3), dtype=self.dtype,
                     name="conv_in")(z.astype(self.dtype))
         x = MiddleBlock(x.shape[-1], _middle_attention(self), self.norm_groups, self.dropout, self.dtype,
                         name="middle")(x, train=train)
@@ -183,7 +185,7 @@ class Decoder(nn.Module):
                 x = Upsample(self.upsample, self.dtype, name=f"up_{level}_upsample")(x)
         x = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
         s = self.space_to_depth
-        x = nn.Conv(self.out_channels * s * s, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
+        x = Conv(self.out_channels * s * s, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
         if s > 1:
             x = depth_to_space(x, s)
         return x.astype(jnp.float32)
@@ -209,8 +211,8 @@ class VQAutoencoder(nn.Module):
                       space_to_depth=m["space_to_depth"], dtype=dtype)
         self.encoder = Encoder(latent_channels=m["latent_channels"], **shared)
         self.decoder = Decoder(out_channels=self.image_channels, upsample=m["upsample"], **shared)
-        self.quant_conv = nn.Conv(q["embedding_dim"], (1, 1), name="quant_conv")
-        self.post_quant_conv = nn.Conv(m["latent_channels"], (1, 1), name="post_quant_conv")
+        self.quant_conv = Conv(q["embedding_dim"], (1, 1), name="quant_conv")
+        self.post_quant_conv = Conv(m["latent_channels"], (1, 1), name="post_quant_conv")
         self.quantizer = VectorQuantizer(
             num_codes=q["num_codes"], embedding_dim=q["embedding_dim"], lookup_dim=q.get("lookup_dim"),
             beta=q["beta"], l2_normalize_codes=q["l2_normalize_codes"], use_ema=q["use_ema"],

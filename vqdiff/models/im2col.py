@@ -3,9 +3,13 @@
 On XLA:CPU a convolution over a small feature map (AlexNet's 5×5 conv on 3×3 maps, 3×3 convs on 1×1
 maps, LPIPS on 32-pixel images) ran at 3–5 GFLOP/s, and input gradients of strided convolutions were
 10× the forward; the same arithmetic as strided slices, a concatenation and a dot runs near the matmul
-peak, and its gradient is a dot plus a pad. `Conv` has nn.Conv's parameter names, shapes and
-initialisers, so weights move between the two unchanged; it picks the im2col form on the CPU backend.
+peak, and its gradient is a dot plus a pad. Over larger maps XLA's forward convolution and input gradient
+are fast, but its kernel gradient is not (6–12× the forward for 3×3 kernels on 32- and 64-pixel maps of
+64–256 channels): `conv2d_tap_grad` keeps XLA's forward and input gradient and takes the kernel gradient
+as one matmul per kernel tap. `Conv` has nn.Conv's parameter names, shapes and initialisers, so weights
+move between the forms unchanged; on the CPU backend it picks a form by shape.
 """
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "xla", "im2col")
+IMPLEMENTATIONS = ("auto", "xla", "im2col", "tap_grad")
 
 
 def explicit_padding(padding, kernel_size: Sequence[int], strides: Sequence[int], spatial: Sequence[int]):
@@ -64,29 +68,90 @@ def conv2d_im2col(x: jax.Array, kernel: jax.Array, strides: Sequence[int], paddi
     return jnp.dot(patches, kernel.reshape(kh * kw * channels, features), precision=precision)
 
 
-# 'auto' takes im2col on CPU for outputs of at most IM2COL_MAX_POSITIONS positions or strides of at least
+def conv2d_xla(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, precision=None) -> jax.Array:
+    """lax.conv_general_dilated in NHWC/HWIO layout; arguments as conv2d_im2col's."""
+    return lax.conv_general_dilated(x, kernel, tuple(strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=precision)
+
+
+def conv2d_kernel_gradient(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int], padding,
+                           precision=None) -> jax.Array:
+    """Kernel gradient [kh, kw, C, O] of a stride-1 conv2d: x [B, H, W, C], output gradient dy [B, oh, ow, O].
+
+    One matmul per tap: dK[i, j] = Σ_{b,u,v} x[b, u, v]ᵀ dy[b, u + top − i, v + left − j] (zero outside dy), so
+    dy, padded once, is sliced per tap and x is read whole; faster than slicing x or concatenating patches.
+    """
+    kh, kw = kernel_size
+    (top, bottom), (left, right) = padding
+    h, w = x.shape[1:3]
+    dy = lax.pad(dy, jnp.zeros((), dy.dtype),
+                 ((0, 0, 0), (kh - 1 - top, kh - 1 - bottom, 0), (kw - 1 - left, kw - 1 - right, 0), (0, 0, 0)))
+    batch_and_positions = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    taps = [lax.dot_general(x, dy[:, kh - 1 - i:kh - 1 - i + h, kw - 1 - j:kw - 1 - j + w], batch_and_positions,
+                            precision=precision) for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, x.shape[-1], dy.shape[-1])
+
+
+def conv2d_tap_grad(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding, precision=None) -> jax.Array:
+    """conv2d_xla's value and input gradient, with conv2d_kernel_gradient's kernel gradient (stride 1 only)."""
+    if tuple(strides) != (1, 1):
+        raise ValueError(f"conv2d_tap_grad takes stride 1, not {tuple(strides)}")
+    return _conv2d_tap_grad(x, kernel, tuple(tuple(p) for p in padding), precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_tap_grad(x, kernel, padding, precision):
+    return conv2d_xla(x, kernel, (1, 1), padding, precision)
+
+
+def _tap_grad_forward(x, kernel, padding, precision):
+    return conv2d_xla(x, kernel, (1, 1), padding, precision), (x, kernel)
+
+
+def _tap_grad_backward(padding, precision, residuals, dy):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: conv2d_xla(x, kernel, (1, 1), padding, precision), x)
+    return input_vjp(dy)[0], conv2d_kernel_gradient(x, dy, kernel.shape[:2], padding, precision).astype(kernel.dtype)
+
+
+_conv2d_tap_grad.defvjp(_tap_grad_forward, _tap_grad_backward)
+
+# 'auto' on CPU takes im2col for outputs of at most IM2COL_MAX_POSITIONS positions or strides of at least
 # IM2COL_MIN_STRIDE. Measured on a 2-core CPU at batch 64 (forward / gradient, ms, XLA → im2col):
 # AlexNet's 5×5 conv on 3×3 maps 112 / 132 → 12 / 28, its 3×3 convs on 1×1 maps 14 / 15 → 5 / 7, its
 # 11×11 stride-4 conv on 32-pixel images 13 / 82 → 13 / 27; PatchGAN's 4×4 stride-2 convs on 16- and
 # 32-pixel maps and 4×4 convs on 8×8 maps were faster as XLA convolutions.
 IM2COL_MAX_POSITIONS = 16
 IM2COL_MIN_STRIDE = 4
+# Larger stride-1 convolutions with at least TAP_GRAD_MIN_CHANNELS input and output channels take
+# tap_grad, or im2col (a plain dot) for a 1×1 kernel. Measured on a 2-core CPU at batch 16 (kernel gradient,
+# ms, XLA → taps, with XLA's forward for scale): 3×3 on 64-pixel maps 128→128 2166 → 346 (412), 64→64
+# 406 → 178 (71); on 32-pixel 256→256 602 → 227 (183); on 16-pixel 256→256 71 → 49 (37). Whole gradients
+# of 1×1 convs, XLA → im2col: 64 pixels 128→64 357 → 136, 32 pixels 256→128 894 → 64. With 3 channels in
+# or out (an autoencoder's conv_in / conv_out) and for stride 2, XLA's was as fast or faster.
+TAP_GRAD_MIN_CHANNELS = 32
 
 
-def use_im2col(implementation: str, output_positions: int, strides: Sequence[int]) -> bool:
-    """Whether `implementation` ('auto' | 'xla' | 'im2col') means im2col for this output size and stride."""
+def resolve_implementation(implementation: str, kernel_size: Sequence[int], strides: Sequence[int],
+                           channels: int, features: int, output_positions: int) -> str:
+    """The form ('xla' | 'im2col' | 'tap_grad') that `implementation` means for this convolution."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: use one of {IMPLEMENTATIONS}")
-    if implementation == "auto":
-        return jax.default_backend() == "cpu" and (output_positions <= IM2COL_MAX_POSITIONS
-                                                   or min(strides) >= IM2COL_MIN_STRIDE)
-    return implementation == "im2col"
+    if implementation != "auto":
+        return implementation
+    if jax.default_backend() != "cpu":
+        return "xla"
+    if output_positions <= IM2COL_MAX_POSITIONS or min(strides) >= IM2COL_MIN_STRIDE:
+        return "im2col"
+    if max(strides) == 1 and min(channels, features) >= TAP_GRAD_MIN_CHANNELS:
+        return "im2col" if tuple(kernel_size) == (1, 1) else "tap_grad"
+    return "xla"
 
 
 class Conv(nn.Module):
     """A 2-D convolution with nn.Conv's params ('kernel' [kh, kw, C, O], 'bias' [O]); `implementation`
-    'im2col' (conv2d_im2col), 'xla' (lax.conv_general_dilated) or 'auto' (im2col on CPU for small outputs
-    and large strides, see IM2COL_MAX_POSITIONS; else xla)."""
+    'xla' (conv2d_xla), 'im2col' (conv2d_im2col), 'tap_grad' (conv2d_tap_grad) or 'auto' (by shape on
+    CPU, see resolve_implementation; else xla)."""
 
     features: int
     kernel_size: Sequence[int]
@@ -108,9 +173,7 @@ class Conv(nn.Module):
         positions = 1
         for n, k, s, (low, high) in zip(x.shape[1:3], kernel_size, strides, padding):
             positions *= max((n + low + high - k) // s + 1, 0)
-        if use_im2col(self.implementation, positions, strides):
-            y = conv2d_im2col(x, kernel, strides, padding, self.precision)
-        else:
-            y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         precision=self.precision)
+        conv = {"xla": conv2d_xla, "im2col": conv2d_im2col, "tap_grad": conv2d_tap_grad}[resolve_implementation(
+            self.implementation, kernel_size, strides, x.shape[-1], self.features, positions)]
+        y = conv(x, kernel, strides, padding, self.precision)
         return y if bias is None else y + bias

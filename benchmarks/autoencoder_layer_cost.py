@@ -1,0 +1,118 @@
+"""Forward and gradient cost of the autoencoder's layers on CPU, per convolution form of vqdiff.models.im2col.
+
+    nice -n 19 python benchmarks/autoencoder_layer_cost.py --batch=16 --repeats=5
+
+Shapes are those of benchmarks/throughput.py's autoencoder (64×64 RGB, channels 64/128/256, one residual
+block per level, nearest + conv upsampling). Each variant is jitted once; the variants of one layer run
+in alternation `repeats` times and the fastest time of each is kept (the machine is shared, so only
+ratios taken in one run mean anything). 'grad' is the gradient with respect to input and parameters.
+Prints one JSON line per layer: ms per call and GFLOP/s of the forward convolution arithmetic.
+"""
+import argparse
+import json
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqdiff.models.autoencoder import AttentionBlock
+from vqdiff.models.im2col import conv2d_im2col, conv2d_tap_grad, conv2d_xla
+
+# (name, size, in channels, out channels, kernel, stride) of every distinct convolution in the model.
+CONVS = [
+    ("conv3x3 64px 3→64", 64, 3, 64, 3, 1),
+    ("conv3x3 64px 64→64", 64, 64, 64, 3, 1),
+    ("conv3x3 64px 128→128 (upsample)", 64, 128, 128, 3, 1),
+    ("conv3x3 64px 128→64", 64, 128, 64, 3, 1),
+    ("conv3x3 64px 64→3", 64, 64, 3, 3, 1),
+    ("conv3x3 s2 65px 64→64", 65, 64, 64, 3, 2),
+    ("conv3x3 32px 64→128", 32, 64, 128, 3, 1),
+    ("conv3x3 32px 128→128", 32, 128, 128, 3, 1),
+    ("conv3x3 32px 256→256 (upsample)", 32, 256, 256, 3, 1),
+    ("conv3x3 32px 256→128", 32, 256, 128, 3, 1),
+    ("conv3x3 s2 33px 128→128", 33, 128, 128, 3, 2),
+    ("conv3x3 16px 128→256", 16, 128, 256, 3, 1),
+    ("conv3x3 16px 256→256", 16, 256, 256, 3, 1),
+    ("conv3x3 16px 3→256", 16, 3, 256, 3, 1),
+    ("conv3x3 16px 256→3", 16, 256, 3, 3, 1),
+    ("conv1x1 64px 128→64", 64, 128, 64, 1, 1),
+]
+NORMS = [(64, 64), (64, 128), (32, 128), (32, 256), (16, 256)]
+
+
+def timed(fns, args, repeats):
+    """{name: best seconds} of jitted fns on args, run in alternation."""
+    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
+    for fn in jitted.values():
+        jax.block_until_ready(fn(*args))
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in jitted.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def forward_and_grad(forward):
+    """{'fwd': forward, 'grad': d sum(forward · fixed cotangent) / d(all args)}."""
+    def grad(*args):
+        return jax.grad(lambda *a: jnp.sum(forward(*a) * 1e-3), argnums=tuple(range(len(args))))(*args)
+    return {"fwd": forward, "grad": grad}
+
+
+def conv_rows(batch, repeats):
+    rng = np.random.default_rng(0)
+    for name, size, cin, cout, k, stride in CONVS:
+        x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.05, jnp.float32)
+        padding = ((0, 0), (0, 0)) if stride > 1 else ((k // 2, k // 2),) * 2
+        forms = dict(xla=conv2d_xla, im2col=conv2d_im2col, tap_grad=conv2d_tap_grad)
+        if stride > 1:
+            del forms["tap_grad"]   # stride 1 only
+        variants = {f"{form} {mode}": f for form, conv in forms.items() for mode, f in
+                    forward_and_grad(lambda a, b, conv=conv: conv(a, b, (stride, stride), padding)).items()}
+        best = timed(variants, (x, kernel), repeats)
+        out = (size - k + sum(padding[0])) // stride + 1
+        flops = 2 * batch * out * out * k * k * cin * cout
+        yield dict(layer=name, **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()},
+                   **{f"{form} fwd GFLOP/s": round(flops / best[f"{form} fwd"] / 1e9, 1) for form in forms})
+
+
+def norm_rows(batch, repeats):
+    rng = np.random.default_rng(1)
+    for size, channels in NORMS:
+        x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
+        norm = nn.GroupNorm(num_groups=32, epsilon=1e-6)
+        params = norm.init(jax.random.key(0), x)
+        variants = {f"groupnorm+swish {m}": f for m, f in
+                    forward_and_grad(lambda p, a: nn.swish(norm.apply(p, a))).items()}
+        best = timed(variants, (params, x), repeats)
+        yield dict(layer=f"groupnorm+swish {size}px {channels}",
+                   **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()})
+
+
+def attention_rows(batch, repeats):
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(batch, 16, 16, 256)), jnp.float32)
+    block = AttentionBlock(norm_groups=32)
+    params = block.init(jax.random.key(0), x)
+    best = timed({f"attention {m}": f for m, f in forward_and_grad(block.apply).items()}, (params, x), repeats)
+    yield dict(layer="attention 16px 256", **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=("", "conv", "norm", "attention"), default="")
+    args = parser.parse_args()
+    for kind, rows in (("conv", conv_rows), ("norm", norm_rows), ("attention", attention_rows)):
+        if args.only in ("", kind):
+            for row in rows(args.batch, args.repeats):
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
