@@ -82,9 +82,10 @@ def inception_features(
 
     Images are resized to 299×299 as TF-FID does. Every call of the network sees `batch_size` images
     (the last batch is zero-padded, so the default divides 1,000, 10,000 and 50,000; an array of fewer
-    images is one batch of its own size), and it compiles once per input resolution and batch size. On one CPU device a batch goes through the network CPU_CHUNK images at
-    a time, and `batch_size` is rounded up to a multiple of that. With `mesh`, each batch is split over
-    its 'data' axis; `batch_size` is rounded up to a multiple of that axis.
+    images is one batch of its own size), and it compiles once per input resolution and batch size. On
+    one CPU device a batch goes through the network CPU_CHUNK images at a time, and `batch_size` is
+    rounded up to a multiple of that. With `mesh`, each batch is split over its 'data' axis;
+    `batch_size` is rounded up to a multiple of that axis.
     """
     chunk = _chunk_size(mesh)
     if isinstance(images, np.ndarray) and 0 < len(images) < batch_size:

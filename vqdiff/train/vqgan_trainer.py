@@ -217,7 +217,7 @@ def train_step(state: GANTrainState, batch: dict, *, model, discriminator, tx, d
 
 class VQGANTrainer(Trainer):
     """The tokenizer Trainer with a GANTrainState: discriminator, its optimizer, and the GAN step.
-    LPIPS weights load on the first `compiled_train_step()`, so eval and the DiT's frozen tokenizer
+    LPIPS weights load once, on the first `compiled_train_step()`, so eval and the DiT's frozen tokenizer
     (which only restore) never need them."""
 
     state_class = GANTrainState
@@ -233,12 +233,17 @@ class VQGANTrainer(Trainer):
         return functools.partial(init_gan_state, self.config, self.model, self.tx, self.discriminator,
                                  self.disc_tx)
 
+    @functools.cached_property
+    def lpips_fn(self):
+        """LPIPS with its pretrained weights (loaded once, on first use), or None when perceptual_weight is 0."""
+        g = self.config.gan
+        return make_lpips_fn(g.lpips_backbone) if g.perceptual_weight > 0 else None
+
     def compiled_train_step(self, with_discriminator: bool = True):
         """The jitted train_step (with_discriminator=False: the cheaper step for states before the start)."""
-        g = self.config.gan
         step = functools.partial(train_step, model=self.model, discriminator=self.discriminator, tx=self.tx,
                                  disc_tx=self.disc_tx, config=self.config, with_discriminator=with_discriminator,
-                                 lpips_fn=make_lpips_fn(g.lpips_backbone) if g.perceptual_weight > 0 else None)
+                                 lpips_fn=self.lpips_fn)
         return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                        donate_argnums=(0,))
