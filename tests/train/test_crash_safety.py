@@ -60,7 +60,7 @@ def wait_for_step(workdir, step, process, timeout=300):
         assert process.poll() is None, process.communicate()
         if os.path.exists(path):
             with open(path) as f:
-                lines = f.read().splitlines()
+                lines = f.read().split("\n")[:-1]   # complete lines only: the writer may be mid-line
             if lines and json.loads(lines[-1])["step"] >= step:
                 return json.loads(lines[-1])["step"]
         time.sleep(0.01)
