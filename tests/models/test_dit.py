@@ -176,3 +176,27 @@ def test_remat_matches_plain():
     np.testing.assert_allclose(float(loss_remat), float(loss_plain), rtol=1e-6)
     for g_remat, g_plain in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads_plain)):
         np.testing.assert_allclose(np.asarray(g_remat), np.asarray(g_plain), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("first", [0.5, np.nan])
+def test_residual_gradient_barrier_is_the_identity_forward_and_backward(first):
+    """Both branches of the CPU conditional pass the cotangent through unchanged (a NaN first element
+    takes the other branch)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 4)), jnp.float32)
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal((2, 3, 4)), jnp.float32).at[0, 0, 0].set(first)
+    out, vjp = jax.vjp(dit.residual_gradient_barrier, x)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(vjp(cotangent)[0]), np.asarray(cotangent))
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda c: vjp(c)[0])(cotangent)), np.asarray(cotangent))
+
+
+def test_dit_gradients_equal_those_without_the_barrier(monkeypatch):
+    x, t, y = _inputs(6)
+    model = dit.DiT(**TINY)
+    params = _random_params(model, x, t, y)
+    loss = lambda p: jnp.mean(jnp.square(model.apply({"params": p}, x, t, y)))
+    grads = jax.jit(jax.grad(loss))(params)
+    monkeypatch.setattr(dit, "residual_gradient_barrier", lambda x: x)
+    plain = jax.jit(jax.grad(loss))(params)
+    for g, g_plain in zip(jax.tree.leaves(grads), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_plain), rtol=1e-5, atol=1e-7)
