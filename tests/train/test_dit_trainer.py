@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vqdiff.errors import UserError
-from vqdiff.train import checkpoint, dit_eval, dit_trainer, latent_cache, tokenizer_trainer
+from vqdiff.train import checkpoint, dit_eval, dit_trainer, frozen_tokenizer, latent_cache, tokenizer_trainer
 from vqdiff.train.classifier_trainer import load_or_train_classifier, predict_labels
 from vqdiff.train.dit_sampling import ImageGenerator
 from vqdiff.train.frozen_tokenizer import FrozenTokenizer
@@ -143,3 +143,19 @@ def test_data_that_differs_from_the_tokenizer_is_refused(tokenizer_workdir):
     config.data.pad_to = 0
     with pytest.raises(UserError, match="config.data.pad_to=0 but the tokenizer"):
         dit_trainer.DiTTrainer(config, dit_trainer.load_tokenizer(config))
+
+
+def test_snap_to_codebook_decodes_the_nearest_codes_and_off_decodes_the_latent(tokenizer_workdir):
+    tokenizer = FrozenTokenizer(tokenizer_workdir)
+    model, variables = tokenizer.model, tokenizer.variables
+    codebook = next(np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+                    if jax.tree_util.keystr(path).endswith("['codebook']"))
+    latents = jax.random.normal(jax.random.key(0), (2, *tokenizer.latent_shape))
+    flat = np.asarray(latents).reshape(-1, codebook.shape[1])
+    nearest = codebook[np.argmin(((flat[:, None, :] - codebook[None]) ** 2).sum(-1), axis=1)].reshape(latents.shape)
+    decode = lambda z: np.asarray(model.apply(variables, jax.numpy.asarray(z), method=model.decode))
+    snapped = np.asarray(frozen_tokenizer.decode_latents(model, variables, latents))
+    np.testing.assert_allclose(snapped, decode(nearest), atol=1e-5)
+    unsnapped = np.asarray(frozen_tokenizer.decode_latents(model, variables, latents, snap_to_codebook=False))
+    np.testing.assert_allclose(unsnapped, decode(latents), atol=1e-5)
+    assert np.abs(unsnapped - snapped).max() > 1e-3

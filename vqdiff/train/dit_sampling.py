@@ -63,12 +63,14 @@ class ImageGenerator:
         self.data_parallel = data_parallel
         self.batch_size = -(-sample_config.batch_size // data_parallel) * data_parallel
         tokenizer = trainer.tokenizer
+        snap_to_codebook = sample_config.get("snap_to_codebook", True)
 
         def generate(params, stats, tokenizer_variables, labels, rng, captions):
             x = sample_latents(params, labels, rng, model=trainer.model, schedule=trainer.schedule,
                                sample_config=sample_config, prediction=trainer.config.diffusion.prediction,
                                latent_shape=trainer.latent_shape, captions=captions)
-            return decode_latents(tokenizer.model, tokenizer_variables, denormalize_latents(x, stats))
+            return decode_latents(tokenizer.model, tokenizer_variables, denormalize_latents(x, stats),
+                                  snap_to_codebook)
 
         shardings = trainer.state_shardings
         self._generate = jax.jit(

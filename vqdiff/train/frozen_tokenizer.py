@@ -33,11 +33,13 @@ def encode_latents(model, variables, images, latents: str):
     return z
 
 
-def decode_latents(model, variables, latents):
-    """latents [B, h, w, D] → images [B, H, W, C] (float32, about [-1, 1]); latents are snapped to the
-    codebook first, so a generated latent decodes the way a real one does."""
-    z_q, _ = model.apply(variables, latents, method=model.quantize)
-    return model.apply(variables, z_q, method=model.decode)
+def decode_latents(model, variables, latents, snap_to_codebook: bool = True):
+    """latents [B, h, w, D] → images [B, H, W, C] (float32, about [-1, 1]). By default latents are
+    snapped to the codebook first, so a generated latent decodes the way a real one does; without
+    the snap the decoder reads the continuous latent as it is."""
+    if snap_to_codebook:
+        latents, _ = model.apply(variables, latents, method=model.quantize)
+    return model.apply(variables, latents, method=model.decode)
 
 
 class FrozenTokenizer:
