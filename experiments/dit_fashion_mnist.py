@@ -23,6 +23,7 @@ Measured (VQGAN tokenizer, rFID 65.4; FID of 1,000 samples against the first 1,0
 | width 192, 4 blocks | 1,600 | 8m48s | 88.9 | 0.966 |
 | width 128, 4 blocks | 3,000 | 8m57s | 84.0 (guidance 1.5: 88.4, 3.0: 85.4; DDIM 100: 84.9; no snap: 81.9) | 0.968 |
 | **width 128, 4 blocks (default), README command from a fresh clone** | 3,200 | loop 8m56s | **83.6** (no snap: 81.2) | 0.972 |
+| the same with `tokenizer.latent_scale='per_channel'` | 3,200 | 9m26s process | 84.2 | 0.972 |
 
 The bar (README): the whole pipeline, tokenizer included, in ≤ 20 minutes; FID ≤ 80, conditional
 accuracy ≥ 75 %.
@@ -39,8 +40,10 @@ def get_config(variant: str = ""):
     config.trainer = "dit"
     config.seed = 0
 
+    # latent_scale 'global' (one scale factor, LDM's) or 'per_channel': the channel stds here are 0.52, 0.61,
+    # 0.31, 1.20, yet unit variance per channel gave FID 84.2 against 83.6 (same run otherwise).
     config.tokenizer = dict(workdir="workdirs/vqgan_fmnist", latents="continuous", use_ema_params=False,
-                            latent_cache=True, cache_flips=False)
+                            latent_cache=True, cache_flips=False, latent_scale="global")
 
     # The tokenizer's data settings (checked); flips come from the latent cache.
     config.data = dict(

@@ -24,8 +24,9 @@ def get_config():
     config.trainer = "dit"
     config.seed = 0
 
+    # latent_scale 'global': one scale factor over all channels, as LDM and DiT.
     config.tokenizer = dict(workdir="gs://BUCKET/vqvae_imagenet", latents="continuous", use_ema_params=False,
-                            latent_cache=False, cache_flips=False)
+                            latent_cache=False, cache_flips=False, latent_scale="global")
 
     config.data = dict(
         dataset="imagenet2012", data_dir=placeholder(str), manual_dir=placeholder(str),

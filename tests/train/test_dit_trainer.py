@@ -159,3 +159,28 @@ def test_snap_to_codebook_decodes_the_nearest_codes_and_off_decodes_the_latent(t
     unsnapped = np.asarray(frozen_tokenizer.decode_latents(model, variables, latents, snap_to_codebook=False))
     np.testing.assert_allclose(unsnapped, decode(latents), atol=1e-5)
     assert np.abs(unsnapped - snapped).max() > 1e-3
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_latent_statistics_give_zero_mean_and_unit_variance(per_channel):
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((500, 2, 2, 3)) * np.array([0.3, 1.0, 2.5]) + np.array([1.0, -2.0, 0.5])
+    stats = latent_cache.latent_statistics(latents, per_channel=per_channel)
+    assert stats["scale"].shape == ((3,) if per_channel else ())
+    normalised = np.asarray(dit_trainer.normalize_latents(latents, stats)).reshape(-1, 3)
+    np.testing.assert_allclose(normalised.mean(axis=0), 0.0, atol=1e-5)
+    if per_channel:
+        np.testing.assert_allclose(normalised.std(axis=0), 1.0, rtol=1e-5)
+    else:
+        assert normalised.std() == pytest.approx(1.0, rel=1e-5)
+        assert normalised.std(axis=0)[2] / normalised.std(axis=0)[0] == pytest.approx(2.5 / 0.3, rel=0.1)
+    np.testing.assert_allclose(np.asarray(dit_trainer.denormalize_latents(
+        dit_trainer.normalize_latents(latents, stats), stats)), latents, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_latent_scale_is_refused_by_name(tokenizer_workdir):
+    from vqdiff.train.validation import validate_dit_config
+    config = dit_config(tokenizer_workdir)
+    config.tokenizer.latent_scale = "per_pixel"
+    with pytest.raises(UserError, match=r"config.tokenizer.latent_scale='per_pixel': use 'global' or 'per_channel'"):
+        validate_dit_config(config)

@@ -60,6 +60,11 @@ def check_tokenizer_fits(config, tokenizer: FrozenTokenizer):
                         f"is not divisible by the DiT patch size {patch}: choose a patch size that divides it")
 
 
+def per_channel_scale(config) -> bool:
+    """config.tokenizer.latent_scale: 'global' (one scale, LDM's) or 'per_channel' (unit variance per channel)."""
+    return config.tokenizer.get("latent_scale", "global") == "per_channel"
+
+
 def normalize_latents(z, stats):
     return (z - stats["mean"]) * stats["scale"]
 
@@ -74,7 +79,8 @@ def init_state(config, model, tx, latent_shape, condition=None) -> TrainState:
     condition = jnp.zeros((1,), jnp.int32) if condition is None else condition
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, *latent_shape)), jnp.zeros((1,), jnp.int32),
                         condition)["params"]
-    stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones((), jnp.float32))
+    scale_shape = (latent_shape[-1],) if per_channel_scale(config) else ()
+    stats = dict(mean=jnp.zeros((latent_shape[-1],), jnp.float32), scale=jnp.ones(scale_shape, jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=params,
                       model_state={"latent_stats": stats}, skipped_steps=jnp.zeros((), jnp.int32))
 
@@ -175,7 +181,8 @@ def estimate_stats_from_images(config, tokenizer, num_batches: int = 20) -> dict
     """Latent statistics from the first `num_batches` training batches (no cache)."""
     batches = image_batches(config, 0)
     return latent_cache.latent_statistics(
-        np.concatenate([np.asarray(tokenizer.encode(next(batches)["image"])) for _ in range(num_batches)]))
+        np.concatenate([np.asarray(tokenizer.encode(next(batches)["image"])) for _ in range(num_batches)]),
+        per_channel_scale(config))
 
 
 PROGRESS_KEYS = ("loss", "mse", "vlb", "grad_norm", "skipped_steps")
@@ -184,10 +191,10 @@ PROGRESS_KEYS = ("loss", "mse", "vlb", "grad_norm", "skipped_steps")
 def latent_stats_setter(config, trainer: DiTTrainer, cache):
     """prepare_state of the loop: stores the latent statistics of the cache (or of the first batches)."""
     def prepare_state(state):
-        stats = (latent_cache.latent_statistics(cache["latents"]) if cache is not None
+        stats = (latent_cache.latent_statistics(cache["latents"], per_channel_scale(config)) if cache is not None
                  else estimate_stats_from_images(config, trainer.tokenizer))
         print(f"latent statistics: channel means {np.round(stats['mean'], 3).tolist()}, "
-              f"scale {float(stats['scale']):.4f}", flush=True)
+              f"scale {np.round(stats['scale'], 4).tolist()}", flush=True)
         return trainer.with_latent_stats(state, stats)
     return prepare_state
 

@@ -60,13 +60,14 @@ def load_or_build(config, tokenizer, workdir: str) -> dict:
     return cache
 
 
-def latent_statistics(latents: np.ndarray) -> dict:
-    """mean [D] per channel and one scale so that (latents − mean) · scale has unit variance (LDM's
-    scale factor, with the channel means removed first), both float32."""
-    latents = np.asarray(latents, np.float64)
-    mean = latents.reshape(-1, latents.shape[-1]).mean(axis=0)
-    scale = 1.0 / max(float(np.std(latents - mean)), 1e-8)
-    return dict(mean=mean.astype(np.float32), scale=np.asarray(scale, np.float32))
+def latent_statistics(latents: np.ndarray, per_channel: bool = False) -> dict:
+    """mean [D] per channel and a scale so that (latents − mean) · scale has unit variance, both float32:
+    one scale (LDM's scale factor, with the channel means removed first) or, with `per_channel`, one per
+    channel [D], so that every channel has unit variance."""
+    flat = np.asarray(latents, np.float64).reshape(-1, np.shape(latents)[-1])
+    mean = flat.mean(axis=0)
+    std = flat.std(axis=0) if per_channel else np.std(flat - mean)
+    return dict(mean=mean.astype(np.float32), scale=(1.0 / np.maximum(std, 1e-8)).astype(np.float32))
 
 
 def random_batches(cache: dict, global_batch_size: int, seed: int, start_step: int = 0):

@@ -126,6 +126,8 @@ def validate_dit_config(config):
     t, m, diff, s, e = config.tokenizer, config.model, config.diffusion, config.sample, config.eval
     check(bool(t.workdir), "config.tokenizer.workdir is empty: name the workdir of a trained tokenizer")
     check(t.latents in LATENT_KINDS, f"config.tokenizer.latents={t.latents!r}: use one of {LATENT_KINDS}")
+    check(t.get("latent_scale", "global") in ("global", "per_channel"),
+          f"config.tokenizer.latent_scale={t.get('latent_scale')!r}: use 'global' or 'per_channel'")
     if m.variant:
         check(m.variant.removeprefix("DiT-") in VARIANTS,
               f"config.model.variant={m.variant!r}: use one of {', '.join(VARIANTS)}, or None with explicit "
