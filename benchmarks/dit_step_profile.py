@@ -16,7 +16,6 @@ import argparse
 import collections
 import glob
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -31,18 +30,12 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vqdiff.diffusion.schedules import make_schedule  # noqa: E402
+from vqdiff.experiment_files import sibling_config  # noqa: E402
 from vqdiff.models import dit  # noqa: E402
 from vqdiff.train import dit_trainer  # noqa: E402
 from vqdiff.train.optimizer import create_optimizer  # noqa: E402
 
-EXPERIMENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "dit_fashion_mnist.py")
-
-
-def experiment_config():
-    spec = importlib.util.spec_from_file_location("dit_fashion_mnist", EXPERIMENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
 
 
 def build_step(config, latent_shape, batch_size):
@@ -102,7 +95,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
-    config = experiment_config()
+    config = sibling_config(os.path.join(EXPERIMENTS, "dit_fashion_mnist.py"), "dit_fashion_mnist")
     for key in ("depth", "hidden_size", "num_heads", "patch_size"):
         if getattr(args, key) is not None:
             config.model[key] = getattr(args, key)
