@@ -56,7 +56,8 @@ def get_config(variant: str = ""):
                         mlp_ratio=4.0, num_classes=10, class_dropout_prob=0.1, learn_sigma=False,
                         dtype="float32", remat=False)
 
-    config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v")
+    # min_snr_gamma: γ of the min-SNR-γ loss weight (Hang et al. 2023); None trains on the plain MSE.
+    config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v", min_snr_gamma=placeholder(float))
 
     config.train = dict(
         num_steps=3200, batch_size=128, learning_rate=2e-3, end_learning_rate=1e-5, warmup_steps=100,
@@ -67,11 +68,13 @@ def get_config(variant: str = ""):
 
     # --mode=sample: labels=() draws num_samples cycling through the classes (one grid row per class).
     # snap_to_codebook: generated latents go to their nearest codes before the decoder (False: decoded as they are).
+    # guidance_interval (t_low, t_high): guide only at those timesteps, elsewhere sample the conditional model.
     config.sample = dict(labels=(), num_samples=100, sampler="ddim", num_steps=50, eta=0.0,
-                         guidance_scale=2.0, batch_size=500, seed=0, use_ema_params=True, snap_to_codebook=True)
+                         guidance_scale=2.0, guidance_interval=placeholder(tuple), batch_size=500, seed=0,
+                         use_ema_params=True, snap_to_codebook=True)
     # The sample grid saved at the end of training (and every train.grid_every steps).
     config.train_grid = dict(per_class=8, sampler="ddim", num_steps=25, eta=0.0, guidance_scale=2.0,
-                             batch_size=80, use_ema_params=True, snap_to_codebook=True)
+                             guidance_interval=placeholder(tuple), batch_size=80, use_ema_params=True, snap_to_codebook=True)
 
     config.eval = dict(num_samples=1000, fid_reference_images=1000, seed=1)
     # The real-data classifier behind cond_accuracy (trained once, cached).

@@ -247,3 +247,40 @@ def test_masked_examples_are_ignored(learn_sigma):
                         np.float64)
     expected, _, _ = _numpy_loss(SMALL, x0, x_t, t, output, "v", learn_sigma, mask)
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weight_gives_every_target_the_same_loss_for_the_same_x0_error(gamma):
+    """Weighted MSE of ε, v and x_0 predictions that imply the same x̂_0 equals min(SNR, γ)·‖x̂_0 − x_0‖²
+    (float64 SNR from the βs)."""
+    t = jnp.array([0, 10, 100, 300, 600, 999])
+    x0, noise = _normal(0, 6, 4, 4, 2), _normal(1, 6, 4, 4, 2)
+    x0_hat = x0 + 0.3 * _normal(2, 6, 4, 4, 2)
+    alpha_bar, _ = _alpha_bar(SCHEDULE)
+    a = _col(alpha_bar, t, 4)
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    eps_hat = (x_t - np.sqrt(a) * x0_hat) / np.sqrt(1 - a)   # what an ε-model implying x̂_0 outputs
+    outputs = dict(x0=x0_hat, eps=eps_hat, v=np.sqrt(a) * eps_hat - np.sqrt(1 - a) * x0_hat)
+    snr = alpha_bar[np.asarray(t)] / (1 - alpha_bar[np.asarray(t)])
+    expected = np.minimum(snr, gamma) * np.mean((x0_hat - x0) ** 2, axis=(1, 2, 3))
+    for prediction, output in outputs.items():
+        target = np.asarray(gaussian.training_target(SCHEDULE, x0, noise, t, prediction), np.float64)
+        mse = np.mean((output - target) ** 2, axis=(1, 2, 3))
+        weighted = np.asarray(gaussian.min_snr_weight(SCHEDULE, t, prediction, gamma)) * mse
+        np.testing.assert_allclose(weighted, expected, rtol=2e-3, err_msg=prediction)
+
+
+def test_diffusion_loss_applies_the_min_snr_weight_but_reports_the_plain_mse():
+    x0, noise = _normal(3, 4, 2, 2, 1), _normal(4, 4, 2, 2, 1)
+    t = jnp.array([1, 50, 500, 900])
+    model_fn = lambda x_t, t: 0.5 * x_t
+    plain, plain_metrics = gaussian.diffusion_loss(SCHEDULE, model_fn, x0, None, t=t, noise=noise)
+    weighted, metrics = gaussian.diffusion_loss(SCHEDULE, model_fn, x0, None, t=t, noise=noise, min_snr_gamma=5.0)
+    target = gaussian.training_target(SCHEDULE, x0, noise, t, "v")
+    mse = np.mean((0.5 * np.asarray(gaussian.q_sample(SCHEDULE, x0, t, noise)) - np.asarray(target)) ** 2,
+                  axis=(1, 2, 3))
+    weight = np.asarray(gaussian.min_snr_weight(SCHEDULE, t, "v", 5.0))
+    np.testing.assert_allclose(plain, mse.mean(), rtol=1e-5)
+    np.testing.assert_allclose(weighted, (weight * mse).mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mse"], plain_metrics["mse"], rtol=1e-6)
+    assert abs(float(weighted) - float(plain)) > 1e-3

@@ -174,6 +174,20 @@ def test_classifier_free_guidance_mixes_the_prediction_and_keeps_conditional_sig
     np.testing.assert_array_equal(unguided(x, t, y), uncond[:, :3])
 
 
+def test_guidance_interval_guides_inside_and_returns_the_conditional_prediction_outside():
+    def model_fn(x, t, y):
+        return x * y[:, None] + t[:, None]
+
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((5, 3)), jnp.float32)
+    t, y = jnp.array([10, 99, 100, 400, 401]), jnp.array([1, 2, 3, 4, 5])
+    cond, uncond = model_fn(x, t, y), model_fn(x, t, jnp.full_like(y, 9))
+    guided = samplers.classifier_free_guidance(model_fn, 3.0, 9, False, interval=(100, 400))(x, t, y)
+    inside = np.array([False, False, True, True, False])
+    expected = np.where(inside[:, None], uncond + 3.0 * (cond - uncond), cond)
+    np.testing.assert_allclose(guided, expected, rtol=1e-6)
+    assert not np.allclose(expected[inside], np.asarray(cond)[inside])   # the guidance is visible
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_sampling_loop_is_one_scan_calling_the_model_once_per_trace(sampler):
     traces = []

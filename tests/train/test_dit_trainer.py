@@ -184,3 +184,17 @@ def test_unknown_latent_scale_is_refused_by_name(tokenizer_workdir):
     config.tokenizer.latent_scale = "per_pixel"
     with pytest.raises(UserError, match=r"config.tokenizer.latent_scale='per_pixel': use 'global' or 'per_channel'"):
         validate_dit_config(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sample.guidance_interval", (500, 100), r"config.sample.guidance_interval=\(500, 100\): give \(t_low, t_high\)"),
+    ("train_grid.guidance_interval", (0, 1000), r"config.train_grid.guidance_interval=\(0, 1000\): give"),
+    ("diffusion.min_snr_gamma", 0.0, r"config.diffusion.min_snr_gamma=0.0: use a positive γ"),
+])
+def test_bad_guidance_interval_and_min_snr_gamma_are_refused_by_name(tokenizer_workdir, key, value, message):
+    from vqdiff.train.validation import validate_dit_config
+    config = dit_config(tokenizer_workdir)
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(UserError, match=message):
+        validate_dit_config(config)

@@ -125,6 +125,24 @@ def _mean_over_examples(values, weights):
     return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
 
 
+def min_snr_weight(schedule: DiffusionSchedule, t, prediction: str, gamma: float):
+    """Min-SNR-γ loss weight per example [B] (Hang et al. 2023) for the MSE of `prediction`.
+
+    It weights every timestep as if the model regressed x_0 with weight min(SNR_t, γ), SNR_t = ᾱ_t/(1−ᾱ_t):
+    an ε error is an x_0 error divided by √SNR and a v error one times √(1+1/SNR), so the weight of the
+    target's own MSE is min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1) for v and min(SNR, γ) for x_0.
+    """
+    _check_prediction(prediction)
+    alpha = schedule.alphas_cumprod[t]
+    snr = alpha / (1.0 - alpha)
+    clipped = jnp.minimum(snr, gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "v":
+        return clipped / (snr + 1.0)
+    return clipped
+
+
 def sample_timesteps_and_noise(schedule: DiffusionSchedule, rng, shape):
     """The training draws of `diffusion_loss` for x0 of `shape` [B, ...]: (t [B] int32 ~ U{0..T−1}, noise)."""
     t_rng, noise_rng = jax.random.split(rng)
@@ -133,14 +151,15 @@ def sample_timesteps_and_noise(schedule: DiffusionSchedule, rng, shape):
 
 
 def diffusion_loss(schedule: DiffusionSchedule, model_fn, x0, rng, *, prediction="v",
-                   learn_sigma=False, mask=None, t=None, noise=None):
+                   learn_sigma=False, mask=None, t=None, noise=None, min_snr_gamma=None):
     """Denoising loss at t ~ U{0..T−1}: (scalar float32 loss, dict of float32 metrics).
 
     x0: [B, ...]; model_fn(x_t [B, ...], t [B] int32) -> [B, ..., C], or [B, ..., 2C] with
     `learn_sigma`; mask: [B] example weights (default all 1): weight-0 examples (which must still be
     finite) change neither the loss nor its gradient. `t` [B] and `noise` (like x0), when both given,
     replace the draws from `rng` (`sample_timesteps_and_noise`), e.g. to split a batch into micro-batches.
-    Per example, mse = mean squared error of the prediction. With `learn_sigma` the hybrid loss of
+    Per example, mse = mean squared error of the prediction; `min_snr_gamma` = γ weights it by
+    `min_snr_weight` in the loss (the `mse` metric stays unweighted). With `learn_sigma` the hybrid loss of
     improved DDPM and DiT adds vlb = L_t in bits per dimension: KL(q(x_{t−1}|x_t,x_0) ‖ p) for t > 0
     and −log p(x_0 | x_1) at t = 0, both with the predicted mean under stop-gradient so that vlb only
     trains σ. The t = 0 term is a continuous Gaussian NLL rather than the discretised decoder of
@@ -162,7 +181,7 @@ def diffusion_loss(schedule: DiffusionSchedule, model_fn, x0, rng, *, prediction
     mse = jnp.mean(jnp.square(target - prediction_output), axis=reduce_axes)
     weights = jnp.ones((batch,), jnp.float32) if mask is None else mask.astype(jnp.float32)
     metrics = dict(mse=_mean_over_examples(mse, weights))
-    per_example = mse
+    per_example = mse if min_snr_gamma is None else mse * min_snr_weight(schedule, t, prediction, min_snr_gamma)
     if learn_sigma:
         frozen = jnp.concatenate([jax.lax.stop_gradient(prediction_output), sigma_output], -1)
         p = p_mean_variance(schedule, x_t, t, frozen, prediction, learn_sigma=True)
@@ -172,7 +191,7 @@ def diffusion_loss(schedule: DiffusionSchedule, model_fn, x0, rng, *, prediction
         at_start = (t == 0).reshape((batch,) + (1,) * (x0.ndim - 1))
         vlb = jnp.mean(jnp.where(at_start, nll, kl), axis=reduce_axes) / np.log(2.0)
         metrics["vlb"] = _mean_over_examples(vlb, weights)
-        per_example = mse + vlb
+        per_example = per_example + vlb
     loss = _mean_over_examples(per_example, weights)
     metrics["loss"] = loss
     return loss, metrics

@@ -20,12 +20,15 @@ from vqdiff.diffusion import gaussian
 from vqdiff.diffusion.schedules import DiffusionSchedule, respace
 
 
-def classifier_free_guidance(model_fn, guidance_scale, null_label, learn_sigma):
-    """fn(x [B, ...], t [B], y [B]) = uncond + guidance_scale · (cond − uncond).
+def classifier_free_guidance(model_fn, guidance_scale, null_label, learn_sigma, interval=None):
+    """fn(x [B, ...], t [B], y [B]) = uncond + scale(t) · (cond − uncond).
 
     model_fn(x, t, y) is called once, on the batch of 2B: (x, t, y) then (x, t, null_label).
     Guidance acts on the prediction channels only (linear in ε, v and x_0 alike for a fixed x_t);
     with `learn_sigma` the variance channels are the conditional branch's.
+    `interval` (t_low, t_high): guide only at original timesteps t_low ≤ t ≤ t_high and return the
+    conditional prediction elsewhere (Kynkäänniemi et al. 2024, guidance in a limited interval);
+    None guides at every step.
     """
 
     def guided(x, t, y):
@@ -36,7 +39,11 @@ def classifier_free_guidance(model_fn, guidance_scale, null_label, learn_sigma):
         if learn_sigma:
             cond, sigma = jnp.split(cond, 2, axis=-1)
             uncond = jnp.split(uncond, 2, axis=-1)[0]
-        mixed = uncond + guidance_scale * (cond - uncond)
+        scale = guidance_scale
+        if interval is not None:
+            inside = (t >= interval[0]) & (t <= interval[1])
+            scale = jnp.where(inside, guidance_scale, 1.0).reshape((batch,) + (1,) * (cond.ndim - 1))
+        mixed = uncond + scale * (cond - uncond)
         return jnp.concatenate([mixed, sigma], axis=-1) if learn_sigma else mixed
 
     return guided

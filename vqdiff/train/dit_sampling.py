@@ -33,7 +33,9 @@ def sample_latents(params, labels, rng, *, model, schedule, sample_config, predi
     if s.guidance_scale == 1.0:
         guided = conditional
     else:
-        guided = samplers.classifier_free_guidance(conditional, s.guidance_scale, null, model.learn_sigma)
+        interval = s.get("guidance_interval", None)
+        guided = samplers.classifier_free_guidance(conditional, s.guidance_scale, null, model.learn_sigma,
+                                                   tuple(interval) if interval else None)
 
     def model_fn(x, t):
         return guided(x, t, labels)

@@ -111,7 +111,8 @@ def train_step(state: TrainState, batch: dict, tokenizer_variables, *, model, tx
                                rngs={"label_dropout": dropout_rng})
         loss, metrics = diffusion_loss(schedule, model_fn, micro["x0"], None, t=micro["t"], noise=micro["noise"],
                                        prediction=config.diffusion.prediction,
-                                       learn_sigma=config.model.learn_sigma, mask=micro["mask"])
+                                       learn_sigma=config.model.learn_sigma, mask=micro["mask"],
+                                       min_snr_gamma=config.diffusion.get("min_snr_gamma"))
         return loss, (metrics, carry)
 
     (loss, metrics, _), grads = accumulated_value_and_grad(loss_fn, state.params, examples, accum_steps)

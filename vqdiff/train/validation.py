@@ -151,6 +151,14 @@ def validate_dit_config(config):
         check(2 <= value <= diff.num_timesteps,
               f"{name}={value} must lie in [2, config.diffusion.num_timesteps={diff.num_timesteps}]")
     check(s.guidance_scale >= 0, f"config.sample.guidance_scale={s.guidance_scale} must be ≥ 0 (1 = no guidance)")
+    for name, section in (("config.sample", s), ("config.train_grid", config.train_grid)):
+        interval = section.get("guidance_interval")
+        check(not interval or (len(interval) == 2 and 0 <= interval[0] <= interval[1] < diff.num_timesteps),
+              f"{name}.guidance_interval={interval!r}: give (t_low, t_high) with 0 ≤ t_low ≤ t_high < "
+              f"config.diffusion.num_timesteps={diff.num_timesteps}, or None to guide at every step")
+    gamma = diff.get("min_snr_gamma")
+    check(gamma is None or gamma > 0,
+          f"config.diffusion.min_snr_gamma={gamma}: use a positive γ (5 in Hang et al. 2023) or None for the plain MSE")
     # A text-to-image model's unconditional branch is trained by caption dropout instead.
     dropout_key, dropout = (("text.caption_dropout_prob", config.text.caption_dropout_prob) if "text" in config
                             else ("model.class_dropout_prob", m.class_dropout_prob))
