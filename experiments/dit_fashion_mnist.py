@@ -31,6 +31,9 @@ accuracy ≥ 75 %.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+NUM_STEPS = 15_000
+SAMPLING_STEPS = 15
+
 
 def get_config(variant: str = ""):
     """`variant`: '' (the default run) or 'tiny' (a seconds-long model and schedule, for tests)."""
@@ -57,28 +60,28 @@ def get_config(variant: str = ""):
                         dtype="float32", remat=False)
 
     # min_snr_gamma: γ of the min-SNR-γ loss weight (Hang et al. 2023); None trains on the plain MSE.
-    config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v", min_snr_gamma=placeholder(float))
+    config.diffusion = dict(schedule="linear", num_timesteps=1000, prediction="v", min_snr_gamma=5.0)
 
     config.train = dict(
-        num_steps=3200, batch_size=128, learning_rate=2e-3, end_learning_rate=1e-5, warmup_steps=100,
+        num_steps=NUM_STEPS, batch_size=32, learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=400,
         grad_accum_steps=1,  # micro-batches per update (same result as one big batch, less memory)
-        weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.995,
-        skip_nonfinite=False, log_every=100, grid_every=100_000, checkpoint_every=500, keep_checkpoints=2,
+        weight_decay=0.0, adam_b1=0.9, adam_b2=0.99, grad_clip_norm=1.0, ema_decay=0.999,
+        skip_nonfinite=False, log_every=500, grid_every=100_000, checkpoint_every=2500, keep_checkpoints=2,
         keep_every=placeholder(int))
 
     # --mode=sample: labels=() draws num_samples cycling through the classes (one grid row per class).
     # snap_to_codebook: generated latents go to their nearest codes before the decoder (False: decoded as they are).
     # guidance_interval (t_low, t_high): guide only at those timesteps, elsewhere sample the conditional model.
-    config.sample = dict(labels=(), num_samples=100, sampler="ddim", num_steps=50, eta=0.0,
+    config.sample = dict(labels=(), num_samples=100, sampler="ddim", num_steps=SAMPLING_STEPS, eta=0.0,
                          guidance_scale=2.0, guidance_interval=placeholder(tuple), batch_size=500, seed=0,
                          use_ema_params=True, snap_to_codebook=True)
     # The sample grid saved at the end of training (and every train.grid_every steps).
-    config.train_grid = dict(per_class=8, sampler="ddim", num_steps=25, eta=0.0, guidance_scale=2.0,
+    config.train_grid = dict(per_class=8, sampler="ddim", num_steps=SAMPLING_STEPS, eta=0.0, guidance_scale=2.0,
                              guidance_interval=placeholder(tuple), batch_size=80, use_ema_params=True, snap_to_codebook=True)
 
     config.eval = dict(num_samples=1000, fid_reference_images=1000, seed=1)
     # The real-data classifier behind cond_accuracy (trained once, cached).
-    config.classifier = dict(num_classes=10, channels=32, num_steps=600, batch_size=128, learning_rate=2e-3)
+    config.classifier = dict(num_classes=10, channels=32, num_steps=300, batch_size=128, learning_rate=2e-3)
 
     # Devices as a (data, fsdp, model) grid, e.g. --config.mesh.shape="(-1,8,1)" on a pod. The batch splits
     # over data × fsdp; arrays of at least fsdp_min_size elements (parameters, EMA and Adam moments) split
