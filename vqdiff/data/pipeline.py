@@ -98,10 +98,11 @@ def _read_records(builder, split, *, in_order: bool):
     """Examples of `split` with the image still encoded: decoding waits until after shuffle/skip."""
     import tensorflow_datasets as tfds
 
-    # Sequential reading of the files gives the split's own order; interleaving is faster. In-order reads
-    # (eval, FID references) often stop early: TFDS's auto-cache of small splits would warn each time.
+    # Sequential reading of the files gives the split's own order; interleaving is faster. No auto-cache:
+    # reads that stop early (FID references, a classifier trained for less than an epoch) made TFDS's
+    # cache of small splits warn "did not fully read the dataset being cached" each time.
     read_config = (tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False) if in_order
-                   else tfds.ReadConfig())
+                   else tfds.ReadConfig(try_autocache=False))
     try:
         return builder.as_dataset(
             split=split,
