@@ -14,7 +14,8 @@ Rounds alternate between the two after one untimed warm-up step each (machine sp
 from one run are compared).
 
 Reported (one JSON line): images_per_sec and sec_per_step (mean over rounds), flops_per_sec (the
-compiled step's FLOPs from XLA's cost analysis ÷ its time), peak_fraction (that ÷ the float32 matmul
+compiled step's FLOPs from XLA's cost analysis ÷ its time; with --grad_accum_steps, those of the same update
+in one pass, since the analysis counts a loop body once), peak_fraction (that ÷ the float32 matmul
 ceiling: a 2048³ matmul probe, best of 3, taken before every round; the median over rounds, so that the
 ceiling sees the same machine load as the steps),
 peak_memory_bytes (XLA's buffer assignment of the step: arguments + outputs + temporaries − donated
@@ -207,6 +208,11 @@ def main() -> None:
     config, step_fn, state, batch = setup(args)
     state = jax.tree_util.tree_map(jnp.copy, state)  # params and ema_params start as one buffer
     compiled, flops, peak_memory = compiled_step(step_fn, state, batch)
+    if args.grad_accum_steps > 1:
+        # XLA's cost analysis counts a loop body once, so the accumulated step's FLOPs are those of the same
+        # update computed in one pass (compiled here for its cost analysis only).
+        _, one_pass_step, one_pass_state, _ = setup(argparse.Namespace(**{**vars(args), "grad_accum_steps": 1}))
+        flops = compiled_step(one_pass_step, one_pass_state, batch)[1]
 
     holder = {"state": state}
 
