@@ -10,7 +10,8 @@ as in vqdiff.convert), trained with the same loss terms, clipping, `torch.optim.
 on as many threads as XLA's CPU backend uses (all cores). The autoencoders match layer for layer: nearest +
 conv upsampling on both sides (`config_from_diffusers`), the same FLOPs; on CPU ours takes most convolutions'
 kernel gradients as per-tap matmuls (vqdiff.models.im2col; benchmarks/autoencoder_layer_cost.py times them).
-Rounds alternate between the two after one untimed warm-up step each (machine speed drifts, so only numbers
+With --grad_accum_steps=k both compute the batch's update from k equal micro-batches (the VQModel peer
+always takes the whole batch). Rounds alternate between the two after one untimed warm-up step each (machine speed drifts, so only numbers
 from one run are compared).
 
 Reported (one JSON line): images_per_sec and sec_per_step (mean over rounds), flops_per_sec (the
@@ -152,9 +153,16 @@ def diffusers_dit_step(config, args):
         noise = torch.randn(x0.shape, generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        eps, sigma = model(x_t, timestep=t, class_labels=labels).sample.chunk(2, dim=1)
-        loss = torch.mean((eps - noise) ** 2) + torch.mean(sigma ** 2) * 1e-3
-        return torch_update(loss, model, optimizer, ema, config)
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        # --grad_accum_steps: the same update from equal micro-batches, as vqdiff's step does.
+        for part in torch.arange(args.batch).chunk(args.grad_accum_steps):
+            eps, sigma = model(x_t[part], timestep=t[part], class_labels=labels[part]).sample.chunk(2, dim=1)
+            loss = (torch.mean((eps - noise[part]) ** 2) + torch.mean(sigma ** 2) * 1e-3) / args.grad_accum_steps
+            loss.backward()
+            total += float(loss.detach())
+        torch_apply(model, optimizer, ema, config)
+        return total
     return step
 
 
@@ -164,11 +172,18 @@ def torch_update(loss, model, optimizer, ema, config) -> float:
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    torch_apply(model, optimizer, ema, config)
+    return float(loss.detach())
+
+
+def torch_apply(model, optimizer, ema, config):
+    """The peer's clipped AdamW step on the accumulated gradients and its EMA update."""
+    import torch
+
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip_norm)
     optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(ema, list(model.parameters()), 1 - config.train.ema_decay)
-    return float(loss.detach())
 
 
 def diffusers_vqmodel_step(config, args):
