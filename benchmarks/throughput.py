@@ -11,8 +11,8 @@ on as many threads as XLA's CPU backend uses (all cores). The autoencoders match
 conv upsampling on both sides (`config_from_diffusers`), the same FLOPs; on CPU ours takes most convolutions'
 kernel gradients as per-tap matmuls (vqdiff.models.im2col; benchmarks/autoencoder_layer_cost.py times them).
 With --grad_accum_steps=k both compute the batch's update from k equal micro-batches (the VQModel peer
-always takes the whole batch). Rounds alternate between the two after one untimed warm-up step each (machine speed drifts, so only numbers
-from one run are compared).
+always takes the whole batch). Rounds alternate between the two after one untimed warm-up step each
+(machine speed drifts, so only numbers from one run are compared).
 
 Reported (one JSON line): images_per_sec and sec_per_step (mean over rounds), flops_per_sec (the
 compiled step's FLOPs from XLA's cost analysis ÷ its time; with --grad_accum_steps, those of the same update

@@ -88,7 +88,8 @@ def get_config(variant: str = ""):
                          use_ema_params=True, snap_to_codebook=True)
     # The sample grid saved at the end of training (and every train.grid_every steps).
     config.train_grid = dict(per_class=8, sampler="ddim", num_steps=SAMPLING_STEPS, eta=0.0, guidance_scale=2.0,
-                             guidance_interval=placeholder(tuple), batch_size=80, use_ema_params=True, snap_to_codebook=True)
+                             guidance_interval=placeholder(tuple), batch_size=80, use_ema_params=True,
+                             snap_to_codebook=True)
 
     config.eval = dict(num_samples=1000, fid_reference_images=1000, seed=1)
     # The real-data classifier behind cond_accuracy (trained once, cached).

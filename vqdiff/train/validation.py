@@ -158,7 +158,8 @@ def validate_dit_config(config):
               f"config.diffusion.num_timesteps={diff.num_timesteps}, or None to guide at every step")
     gamma = diff.get("min_snr_gamma")
     check(gamma is None or gamma > 0,
-          f"config.diffusion.min_snr_gamma={gamma}: use a positive γ (5 in Hang et al. 2023) or None for the plain MSE")
+          f"config.diffusion.min_snr_gamma={gamma}: use a positive γ (5 in Hang et al. 2023) or None for the "
+          f"plain MSE")
     # A text-to-image model's unconditional branch is trained by caption dropout instead.
     dropout_key, dropout = (("text.caption_dropout_prob", config.text.caption_dropout_prob) if "text" in config
                             else ("model.class_dropout_prob", m.class_dropout_prob))
