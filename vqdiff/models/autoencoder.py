@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vqdiff.models.im2col import Conv
+from vqdiff.models.nearest_upsample_conv import NearestUpsampleConv
 from vqdiff.models.quantizer import VectorQuantizer
 
 
@@ -79,7 +80,8 @@ class Downsample(nn.Module):
 
 class Upsample(nn.Module):
     """×2 upsampling. 'depth_to_space': conv3×3 to 4C then pixel shuffle (cheap gradients on XLA:CPU);
-    'nearest': nearest-neighbour resize then conv3×3 (the LDM/taming layout, for checkpoint interop)."""
+    'nearest': nearest-neighbour resize then conv3×3 (the LDM/taming layout, for checkpoint interop), computed
+    at the input resolution as four 2×2 convolutions (vqdiff.models.nearest_upsample_conv)."""
     method: str = "depth_to_space"
     dtype: jnp.dtype = jnp.float32
 
@@ -89,8 +91,7 @@ class Upsample(nn.Module):
         if self.method == "depth_to_space":
             return depth_to_space(Conv(4 * c, (3, 3), dtype=self.dtype, name="conv")(x), 2)
         if self.method == "nearest":
-            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-            return Conv(c, (3, 3), dtype=self.dtype, name="conv")(x)
+            return NearestUpsampleConv(c, dtype=self.dtype, name="conv")(x)
         raise ValueError(f"model.upsample={self.method!r}: use 'depth_to_space' or 'nearest'")
 
 

@@ -148,6 +148,9 @@ def resolve_implementation(implementation: str, kernel_size: Sequence[int], stri
     return "xla"
 
 
+FORMS = {"xla": conv2d_xla, "im2col": conv2d_im2col, "tap_grad": conv2d_tap_grad}
+
+
 class Conv(nn.Module):
     """A 2-D convolution with nn.Conv's params ('kernel' [kh, kw, C, O], 'bias' [O]); `implementation`
     'xla' (conv2d_xla), 'im2col' (conv2d_im2col), 'tap_grad' (conv2d_tap_grad) or 'auto' (by shape on
@@ -173,7 +176,7 @@ class Conv(nn.Module):
         positions = 1
         for n, k, s, (low, high) in zip(x.shape[1:3], kernel_size, strides, padding):
             positions *= max((n + low + high - k) // s + 1, 0)
-        conv = {"xla": conv2d_xla, "im2col": conv2d_im2col, "tap_grad": conv2d_tap_grad}[resolve_implementation(
-            self.implementation, kernel_size, strides, x.shape[-1], self.features, positions)]
+        conv = FORMS[resolve_implementation(self.implementation, kernel_size, strides, x.shape[-1], self.features,
+                                            positions)]
         y = conv(x, kernel, strides, padding, self.precision)
         return y if bias is None else y + bias
