@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqdiff.models.group_norm import GroupNorm
 from vqdiff.models.im2col import Conv
 from vqdiff.models.nearest_upsample_conv import NearestUpsampleConv
 from vqdiff.models.quantizer import VectorQuantizer
@@ -43,9 +44,9 @@ class ResnetBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        h = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        h = GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(nn.swish(h))
-        h = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm2")(h)
+        h = GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(h))
         h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.out_channels:
@@ -61,7 +62,7 @@ class AttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
-        y = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        y = GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         q, k, v = (nn.Dense(c, dtype=self.dtype, name=n)(y).reshape(b, h * w, c) for n in ("q", "k", "v"))
         y = jax.nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])[:, :, 0]
         y = nn.Dense(c, dtype=self.dtype, name="proj_out")(y.reshape(b, h, w, c))
@@ -151,7 +152,7 @@ class Encoder(nn.Module):
                 x = Downsample(self.dtype, name=f"down_{level}_downsample")(x)
         x = MiddleBlock(x.shape[-1], _middle_attention(self), self.norm_groups, self.dropout, self.dtype,
                         name="middle")(x, train=train)
-        x = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
+        x = GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
         return Conv(self.latent_channels, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
 
 
@@ -184,7 +185,7 @@ class Decoder(nn.Module):
                     x = AttentionBlock(self.norm_groups, self.dtype, name=f"up_{level}_attention_{i}")(x)
             if level != 0:
                 x = Upsample(self.upsample, self.dtype, name=f"up_{level}_upsample")(x)
-        x = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
+        x = GroupNorm(num_groups=self.norm_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(x)
         s = self.space_to_depth
         x = Conv(self.out_channels * s * s, (3, 3), dtype=self.dtype, name="conv_out")(nn.swish(x))
         if s > 1:

@@ -20,6 +20,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vqdiff.models.group_norm import GroupNorm
+
 KINDS = ("patchgan", "stylegan")
 NORMS = ("group", "layer", "none")
 _SLOPE = 0.2
@@ -48,7 +50,7 @@ def minibatch_stddev(x, group_size: int, eps: float = 1e-8):
 def _normalize(x, norm: str, norm_groups: int, dtype, name: str):
     """GroupNorm with min(norm_groups, C) groups, LayerNorm over channels, or nothing."""
     if norm == "group":
-        return nn.GroupNorm(num_groups=min(norm_groups, x.shape[-1]), epsilon=1e-6, dtype=dtype, name=name)(x)
+        return GroupNorm(num_groups=min(norm_groups, x.shape[-1]), epsilon=1e-6, dtype=dtype, name=name)(x)
     if norm == "layer":
         return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)(x)
     return x
