@@ -101,9 +101,11 @@ def self_attention(qkv):
     Computed in a [B, heads, N, head_dim] layout with the softmax written out (max under stop_gradient,
     in float32): on XLA:CPU this ran 1.4–1.8× faster forward and ~1.2× faster forward+backward than
     jax.nn.dot_product_attention on [B, N, heads, head_dim] (DiT-S/2 shapes, measured beside torch SDPA).
+    q, k and v come from jnp.split, whose gradient is one concatenation; unpacking the transposed array made
+    it three pads and adds (the DiT-S/2 step, 8 micro-batches of 2, took 4.70 s that way and 4.57 s this way).
     """
     b, n, _, heads, head_dim = qkv.shape
-    q, k, v = qkv.transpose(2, 0, 3, 1, 4)
+    q, k, v = (part[:, :, 0].transpose(0, 2, 1, 3) for part in jnp.split(qkv, 3, axis=2))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim ** -0.5, k).astype(jnp.float32)
     logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     weights = jnp.exp(logits)
