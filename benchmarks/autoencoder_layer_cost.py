@@ -6,10 +6,14 @@ Shapes are those of benchmarks/throughput.py's autoencoder (64×64 RGB, channels
 block per level, nearest + conv upsampling). Each variant is jitted once; the variants of one layer run
 in alternation `repeats` times and the fastest time of each is kept (the machine is shared, so only
 ratios taken in one run mean anything). 'grad' is the gradient with respect to input and parameters.
-Prints one JSON line per layer: ms per call and GFLOP/s of the forward convolution arithmetic.
+Besides the convolution forms: GroupNorm + swish as nn.GroupNorm against vqdiff.models.group_norm, and the
+nearest-upsampling convolution as upsample-then-convolve against vqdiff.models.nearest_upsample_conv.
+Prints one JSON line per layer: ms per call (and GFLOP/s of the forward convolution arithmetic).
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import flax.linen as nn
@@ -17,8 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqdiff.models.autoencoder import AttentionBlock
-from vqdiff.models.im2col import conv2d_im2col, conv2d_tap_grad, conv2d_xla
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vqdiff.models.autoencoder import AttentionBlock  # noqa: E402
+from vqdiff.models.group_norm import GroupNorm  # noqa: E402
+from vqdiff.models.im2col import FORMS, conv2d_im2col, conv2d_tap_grad, conv2d_xla  # noqa: E402
+from vqdiff.models.nearest_upsample_conv import nearest_upsample_conv3x3  # noqa: E402
 
 # (name, size, in channels, out channels, kernel, stride) of every distinct convolution in the model.
 CONVS = [
@@ -40,6 +48,7 @@ CONVS = [
     ("conv1x1 64px 128→64", 64, 128, 64, 1, 1),
 ]
 NORMS = [(64, 64), (64, 128), (32, 128), (32, 256), (16, 256)]
+UPSAMPLES = [(16, 256), (32, 128)]   # (input size, channels) of the nearest-upsampling convolutions
 
 
 def timed(fns, args, repeats):
@@ -82,15 +91,32 @@ def conv_rows(batch, repeats):
 
 
 def norm_rows(batch, repeats):
+    """GroupNorm + swish: nn.GroupNorm against vqdiff's (per-channel sums), the same params."""
     rng = np.random.default_rng(1)
     for size, channels in NORMS:
         x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
-        norm = nn.GroupNorm(num_groups=32, epsilon=1e-6)
-        params = norm.init(jax.random.key(0), x)
-        variants = {f"groupnorm+swish {m}": f for m, f in
-                    forward_and_grad(lambda p, a: nn.swish(norm.apply(p, a))).items()}
+        norms = {"nn.GroupNorm": nn.GroupNorm(num_groups=32, epsilon=1e-6), "vqdiff": GroupNorm(num_groups=32)}
+        params = norms["vqdiff"].init(jax.random.key(0), x)
+        variants = {f"{name} {m}": f for name, norm in norms.items() for m, f in
+                    forward_and_grad(lambda p, a, norm=norm: nn.swish(norm.apply(p, a))).items()}
         best = timed(variants, (params, x), repeats)
         yield dict(layer=f"groupnorm+swish {size}px {channels}",
+                   **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()})
+
+
+def upsample_rows(batch, repeats):
+    """×2 nearest upsampling + 3×3 conv: upsample then convolve (tap_grad) against the phase form."""
+    rng = np.random.default_rng(3)
+    for size, channels in UPSAMPLES:
+        x = jnp.asarray(rng.normal(size=(batch, size, size, channels)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(3, 3, channels, channels)) * 0.05, jnp.float32)
+        forms = {
+            "upsample then conv": lambda a, k: conv2d_tap_grad(jnp.repeat(jnp.repeat(a, 2, 1), 2, 2), k, (1, 1),
+                                                               ((1, 1), (1, 1))),
+            "phases": lambda a, k: nearest_upsample_conv3x3(a, k, FORMS["tap_grad"])}
+        variants = {f"{name} {m}": f for name, form in forms.items() for m, f in forward_and_grad(form).items()}
+        best = timed(variants, (x, kernel), repeats)
+        yield dict(layer=f"nearest upsample + conv3x3 {size}→{2 * size}px {channels}",
                    **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()})
 
 
@@ -106,9 +132,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", choices=("", "conv", "norm", "attention"), default="")
+    parser.add_argument("--only", choices=("", "conv", "norm", "upsample", "attention"), default="")
     args = parser.parse_args()
-    for kind, rows in (("conv", conv_rows), ("norm", norm_rows), ("attention", attention_rows)):
+    kinds = (("conv", conv_rows), ("norm", norm_rows), ("upsample", upsample_rows), ("attention", attention_rows))
+    for kind, rows in kinds:
         if args.only in ("", kind):
             for row in rows(args.batch, args.repeats):
                 print(json.dumps(row), flush=True)

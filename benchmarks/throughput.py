@@ -7,9 +7,12 @@ Ours is the real jitted update of the trainer (`dit_trainer.train_step` on 32×3
 `tokenizer_trainer.train_step` on 64×64×3 images): forward, loss, gradients, clipped AdamW, EMA
 params. The peer is diffusers' `DiTTransformer2DModel` (or `VQModel`) of the same configuration (mapped
 as in vqdiff.convert), trained with the same loss terms, clipping, `torch.optim.AdamW` and an EMA copy,
-on as many threads as XLA's CPU backend uses (all cores). The autoencoders match layer for layer: nearest +
-conv upsampling on both sides (`config_from_diffusers`), the same FLOPs; on CPU ours takes most convolutions'
-kernel gradients as per-tap matmuls (vqdiff.models.im2col; benchmarks/autoencoder_layer_cost.py times them).
+on as many threads as XLA's CPU backend uses (all cores). The autoencoders match layer for layer (the same
+function and parameters: nearest + conv upsampling on both sides, `config_from_diffusers`). On CPU ours takes
+most convolutions' kernel gradients as per-tap matmuls (vqdiff.models.im2col), computes each upsampling
+convolution at the input resolution with 4/9 of the multiply-adds (vqdiff.models.nearest_upsample_conv, so
+its step counts 11 % fewer FLOPs than the peer's) and GroupNorm from per-channel sums (vqdiff.models.group_norm);
+benchmarks/autoencoder_layer_cost.py times each of these against the plain form.
 With --grad_accum_steps=k both compute the batch's update from k equal micro-batches (the VQModel peer
 always takes the whole batch). Rounds alternate between the two after one untimed warm-up step each
 (machine speed drifts, so only numbers from one run are compared).
