@@ -82,7 +82,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """×2 upsampling. 'depth_to_space': conv3×3 to 4C then pixel shuffle (cheap gradients on XLA:CPU);
     'nearest': nearest-neighbour resize then conv3×3 (the LDM/taming layout, for checkpoint interop), computed
-    at the input resolution as four 2×2 convolutions (vqdiff.models.nearest_upsample_conv)."""
+    at the input resolution as one 2×2 convolution to the four output phases (vqdiff.models.nearest_upsample_conv)."""
     method: str = "depth_to_space"
     dtype: jnp.dtype = jnp.float32
 
