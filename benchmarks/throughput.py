@@ -12,7 +12,9 @@ function and parameters: nearest + conv upsampling on both sides, `config_from_d
 most convolutions' kernel gradients as per-tap matmuls (vqdiff.models.im2col), computes each upsampling
 convolution at the input resolution with 4/9 of the multiply-adds (vqdiff.models.nearest_upsample_conv, so
 its step counts 11 % fewer FLOPs than the peer's) and GroupNorm from per-channel sums (vqdiff.models.group_norm);
-benchmarks/autoencoder_layer_cost.py times each of these against the plain form.
+benchmarks/autoencoder_layer_cost.py times each of these against the plain form. Our step is compiled with the
+trainers' XLA:CPU options (vqdiff.compiler_options: no YNNPACK convolutions; --compiler_options=default for
+XLA's own).
 With --grad_accum_steps=k both compute the batch's update from k equal micro-batches (the VQModel peer
 always takes the whole batch). Rounds alternate between the two after one untimed warm-up step each
 (machine speed drifts, so only numbers from one run are compared).
@@ -37,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from vqdiff import compiler_options  # noqa: E402
 from vqdiff.convert import vqmodel as convert_vqmodel  # noqa: E402
 from vqdiff.diffusion.schedules import make_schedule  # noqa: E402
 from vqdiff.train import dit_trainer, tokenizer_trainer  # noqa: E402
@@ -76,9 +79,10 @@ def matmul_probe(size: int = 2048, repeats: int = 3):
     return probe
 
 
-def compiled_step(step_fn, state, batch):
-    """(compiled step, FLOPs per call, peak bytes) of jit(step_fn) with the state donated."""
-    compiled = jax.jit(step_fn, donate_argnums=(0,)).lower(state, batch).compile()
+def compiled_step(step_fn, state, batch, options=None):
+    """(compiled step, FLOPs per call, peak bytes) of jit(step_fn) with the state donated, compiled with
+    `options` (XLA compiler options; None: XLA's defaults)."""
+    compiled = jax.jit(step_fn, donate_argnums=(0,), compiler_options=options).lower(state, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
@@ -219,13 +223,17 @@ def main() -> None:
     parser.add_argument("--grad_accum_steps", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peer", choices=("", "diffusers"), default="")
+    parser.add_argument("--compiler_options", choices=("vqdiff", "default"), default="vqdiff",
+                        help="vqdiff: the trainers' XLA:CPU options (vqdiff.compiler_options); default: XLA's")
     args = parser.parse_args()
 
     threads = os.cpu_count()
     setup = dit_setup if args.model == "dit" else autoencoder_setup
     config, step_fn, state, batch = setup(args)
     state = jax.tree_util.tree_map(jnp.copy, state)  # params and ema_params start as one buffer
-    compiled, flops, peak_memory = compiled_step(step_fn, state, batch)
+    kind = "transformer" if args.model == "dit" else "convolutional"
+    options = compiler_options.for_program(kind) if args.compiler_options == "vqdiff" else None
+    compiled, flops, peak_memory = compiled_step(step_fn, state, batch, options)
     if args.grad_accum_steps > 1:
         # XLA's cost analysis counts a loop body once, so the accumulated step's FLOPs are those of the same
         # update computed in one pass (compiled here for its cost analysis only).
@@ -263,6 +271,7 @@ def main() -> None:
     result = dict(
         model=args.model, variant=args.variant if args.model == "dit" else "64x64 64/128/256",
         batch=args.batch, dtype=args.dtype, remat=args.remat, grad_accum_steps=args.grad_accum_steps,
+        compiler_options=options,
         device=str(jax.devices()[0].device_kind), threads=threads, rounds=args.rounds,
         images_per_sec=round(args.batch / sec_per_step, 3), sec_per_step=round(sec_per_step, 3),
         sec_per_step_range=[round(min(seconds["ours"]), 3), round(max(seconds["ours"]), 3)],

@@ -104,8 +104,8 @@ def test_chunked_features_equal_whole_batch(inception_cache):
     """On CPU a batch runs through the network a few images at a time; the values must not change."""
     params = fid._inception_params(str(weights.weights_path(inception.WEIGHTS_NAME)), None)
     images = _images(5, BATCH)
-    whole = np.asarray(fid._pool3(params, images, chunk=None))
-    chunked = np.asarray(fid._pool3(params, images, chunk=2))
+    whole = np.asarray(fid._jitted_pool3()(params, images, chunk=None))
+    chunked = np.asarray(fid._jitted_pool3()(params, images, chunk=2))
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vqdiff import weights
+from vqdiff import compiler_options, weights
 from vqdiff.models import inception
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -53,7 +53,6 @@ def _chunk_size(mesh: Mesh | None) -> int | None:
     return CPU_CHUNK if jax.default_backend() == "cpu" and single_device else None
 
 
-@functools.partial(jax.jit, static_argnames="chunk")
 def _pool3(params: dict, images: jax.Array, chunk: int | None = None) -> jax.Array:
     """uint8 images [B, H, W, C] → pool3 [B, 2048], `chunk` images at a time (B a multiple of it)."""
     def features(x):
@@ -63,6 +62,13 @@ def _pool3(params: dict, images: jax.Array, chunk: int | None = None) -> jax.Arr
         return features(images)
     pooled = lax.map(features, images.reshape(-1, chunk, *images.shape[1:]))
     return pooled.reshape(len(images), inception.FEATURE_DIM)
+
+
+@functools.cache
+def _jitted_pool3():
+    # Built on first use: choosing compiler options asks for the backend, which must not start at import
+    # (jax.distributed.initialize comes first in a multi-process run).
+    return jax.jit(_pool3, static_argnames="chunk", compiler_options=compiler_options.for_program("convolutional"))
 
 
 def _chunks(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -104,7 +110,7 @@ def inception_features(
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), np.uint8)])
         batch = jax.device_put(batch, batch_sharding) if mesh is not None else jnp.asarray(batch)
         # Fetch the previous batch only after dispatching this one, so the host and device overlap.
-        current = (_pool3(params, batch, chunk=chunk), count)
+        current = (_jitted_pool3()(params, batch, chunk=chunk), count)
         if pending is not None:
             features.append(np.asarray(pending[0])[:pending[1]])
         pending = current

@@ -1,6 +1,7 @@
 """Trains (once, then cached) the classifier that scores conditional samples: `cond_accuracy` is the
 fraction of samples it assigns to the class they were asked for. It sees images the way samples are
 scored: native resolution (padding cropped), [-1, 1]."""
+import functools
 import hashlib
 import json
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vqdiff import weights
+from vqdiff import compiler_options, weights
 from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding
 from vqdiff.models.classifier import Classifier
@@ -44,7 +45,9 @@ def train_classifier(config) -> tuple[dict, float]:
     tx = optax.adamw(optax.cosine_decay_schedule(c.learning_rate, c.num_steps), weight_decay=1e-4)
     opt_state = tx.init(params)
 
-    @jax.jit
+    options = compiler_options.for_program("convolutional")
+
+    @functools.partial(jax.jit, compiler_options=options)
     def update(params, opt_state, images, labels, rng):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
@@ -63,7 +66,7 @@ def train_classifier(config) -> tuple[dict, float]:
         if (step + 1) % 500 == 0 or step + 1 == c.num_steps:
             print("classifier " + report.line(step + 1, {"loss": loss}), flush=True)
 
-    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1))
+    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1), compiler_options=options)
     correct = total = 0
     for batch in pipeline.create_dataset(config.data, split=config.data.eval_split, train=False,
                                          global_batch_size=500, seed=config.seed):
@@ -90,7 +93,8 @@ def load_or_train_classifier(config) -> tuple[Classifier, dict, float]:
 
 def predict_labels(model, params, images_uint8: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """uint8 images [N, H, W, C] (native resolution) → predicted class [N]."""
-    predict = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, uint8_to_model(x)), -1))
+    predict = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, uint8_to_model(x)), -1),
+                      compiler_options=compiler_options.for_program("convolutional"))
     out = []
     for start in range(0, len(images_uint8), batch_size):
         chunk = images_uint8[start:start + batch_size]

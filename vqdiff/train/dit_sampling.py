@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqdiff import compiler_options
 from vqdiff.diffusion import samplers
 from vqdiff.eval import grid
 from vqdiff.train import sharding, text_conditioning
@@ -78,7 +79,7 @@ class ImageGenerator:
         self._generate = jax.jit(
             generate, in_shardings=(shardings.params, shardings.model_state["latent_stats"], None,
                                     trainer.batch_sharding, None, None),
-            out_shardings=trainer.batch_sharding)
+            out_shardings=trainer.batch_sharding, compiler_options=compiler_options.for_program("convolutional"))
 
     def __call__(self, state, labels, seed: int, captions=None) -> np.ndarray:
         """`captions`: a caption table whose rows `labels` index (text-to-image models)."""

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vqdiff import compiler_options
 from vqdiff.data import pipeline
 from vqdiff.diffusion.gaussian import diffusion_loss, sample_timesteps_and_noise
 from vqdiff.errors import UserError
@@ -166,9 +167,11 @@ class DiTTrainer:
         """update(state, batch) → (state, metrics), jitted once with the state donated."""
         step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
                                  config=self.config, tokenizer_model=self.tokenizer.model)
+        # With the latent cache the step is the DiT alone; without it, it also runs the tokenizer's encoder.
+        kind = "transformer" if self.config.tokenizer.get("latent_cache", False) else "convolutional"
         jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, None),
                          out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                         donate_argnums=(0,))
+                         donate_argnums=(0,), compiler_options=compiler_options.for_program(kind))
         return lambda state, batch: jitted(state, batch, self.tokenizer_variables)
 
 

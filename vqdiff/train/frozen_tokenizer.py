@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqdiff import compiler_options
 from vqdiff.errors import UserError
 from vqdiff.models.autoencoder import downsampling_factor
 from vqdiff.train import checkpoint
@@ -69,8 +70,10 @@ class FrozenTokenizer:
         d = self.config.data
         side = (d.pad_to or d.image_size) // downsampling_factor(self.config.model)
         self.latent_shape = (side, side, self.config.quantizer.embedding_dim)
-        self._encode = jax.jit(functools.partial(encode_latents, self.model, latents=latents))
-        self._decode = jax.jit(functools.partial(decode_latents, self.model))
+        options = compiler_options.for_program("convolutional")
+        self._encode = jax.jit(functools.partial(encode_latents, self.model, latents=latents),
+                               compiler_options=options)
+        self._decode = jax.jit(functools.partial(decode_latents, self.model), compiler_options=options)
 
     def encode(self, images) -> jax.Array:
         """images [B, H, W, C] in [-1, 1] (model resolution, padding included) → latents [B, h, w, D]."""

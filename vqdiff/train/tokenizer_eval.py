@@ -1,10 +1,12 @@
 """Evaluation of a trained tokenizer over a whole split: PSNR, SSIM, LPIPS, codebook usage, perplexity,
 and rFID (reconstructions of the first `config.eval.rfid_num_images` eval images against those images)."""
+import functools
 import os
 
 import jax
 import numpy as np
 
+from vqdiff import compiler_options
 from vqdiff.data import pipeline
 from vqdiff.eval.image_metrics import crop_padding, psnr, ssim, to_unit_range
 from vqdiff.models.lpips import make_lpips_fn
@@ -39,7 +41,7 @@ def evaluate(config, workdir: str) -> dict:
 
     lpips_fn = make_lpips_fn(config.eval.lpips_backbone)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options.for_program("convolutional"))
     def image_metrics(images, reconstructions):
         x = to_unit_range(crop_padding(images, config.data.image_size, config.data.pad_to))
         y = to_unit_range(crop_padding(reconstructions, config.data.image_size, config.data.pad_to))

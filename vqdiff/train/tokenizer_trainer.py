@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vqdiff import compiler_options
 from vqdiff.data import pipeline
 from vqdiff.errors import UserError
 from vqdiff.eval import grid
@@ -130,7 +131,7 @@ class Trainer:
         step = functools.partial(train_step, model=self.model, tx=self.tx, config=self.config)
         return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                       donate_argnums=(0,))
+                       donate_argnums=(0,), compiler_options=compiler_options.for_program("convolutional"))
 
     def reconstruct_fn(self, use_ema_params: bool):
         """jitted (state, images) → (reconstructions, code indices)."""
@@ -139,7 +140,8 @@ class Trainer:
             (recon, aux) = self.model.apply({"params": params, **state.model_state}, images, train=False)
             return recon, aux["indices"]
         return jax.jit(reconstruct, in_shardings=(self.state_shardings, self.batch_sharding),
-                       out_shardings=self.batch_sharding)
+                       out_shardings=self.batch_sharding,
+                       compiler_options=compiler_options.for_program("convolutional"))
 
 
 def fixed_eval_images(config, count: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vqdiff import compiler_options
 from vqdiff.eval.image_metrics import crop_padding, psnr, to_unit_range
 from vqdiff.losses import gan
 from vqdiff.models.discriminator import build_discriminator
@@ -246,7 +247,7 @@ class VQGANTrainer(Trainer):
                                  lpips_fn=self.lpips_fn)
         return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                       donate_argnums=(0,))
+                       donate_argnums=(0,), compiler_options=compiler_options.for_program("convolutional"))
 
     def compiled_train_phases(self):
         """[(first step, update)]: the step without the discriminator before `config.gan.start_step`, the
