@@ -1,6 +1,6 @@
 """Forward and gradient cost of the autoencoder's layers on CPU, per convolution form of vqdiff.models.im2col.
 
-    nice -n 19 python benchmarks/autoencoder_layer_cost.py --batch=16 --repeats=5
+    nice -n 19 python benchmarks/autoencoder_layer_cost.py --batch=16 --repeats=5 [--peer=torch]
 
 Shapes are those of benchmarks/throughput.py's autoencoder (64×64 RGB, channels 64/128/256, one residual
 block per level, nearest + conv upsampling). Each variant is jitted once; the variants of one layer run
@@ -8,9 +8,13 @@ in alternation `repeats` times and the fastest time of each is kept (the machine
 ratios taken in one run mean anything). 'grad' is the gradient with respect to input and parameters.
 Besides the convolution forms: GroupNorm + swish as nn.GroupNorm against vqdiff.models.group_norm, and the
 nearest-upsampling convolution as upsample-then-convolve against vqdiff.models.nearest_upsample_conv.
+Programs compile with the trainers' XLA:CPU options (vqdiff.compiler_options, 'convolutional': no YNNPACK
+convolutions); --compiler_options=default times XLA's defaults. With --peer=torch each convolution row adds
+torch.nn.functional.conv2d (NCHW, same threads) forward and forward+backward, timed in the same rounds.
 Prints one JSON line per layer: ms per call (and GFLOP/s of the forward convolution arithmetic).
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -23,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from vqdiff import compiler_options  # noqa: E402
 from vqdiff.models.autoencoder import AttentionBlock  # noqa: E402
 from vqdiff.models.group_norm import GroupNorm  # noqa: E402
 from vqdiff.models.im2col import FORMS, conv2d_im2col, conv2d_tap_grad, conv2d_xla  # noqa: E402
@@ -51,28 +56,53 @@ NORMS = [(64, 64), (64, 128), (32, 128), (32, 256), (16, 256)]
 UPSAMPLES = [(16, 256), (32, 128)]   # (input size, channels) of the nearest-upsampling convolutions
 
 
-def timed(fns, args, repeats):
-    """{name: best seconds} of jitted fns on args, run in alternation."""
-    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
-    for fn in jitted.values():
-        jax.block_until_ready(fn(*args))
-    best = {name: float("inf") for name in fns}
+OPTIONS = {"options": None}   # set by main from --compiler_options
+
+
+def timed(fns, args, repeats, peers=None):
+    """{name: best seconds} of jitted fns on args and of `peers` ({name: () → None}), run in alternation."""
+    runs = {name: functools.partial(jax.jit(fn, compiler_options=OPTIONS["options"]), *args)
+            for name, fn in fns.items()}
+    runs.update(peers or {})
+    for run in runs.values():
+        jax.block_until_ready(run())
+    best = {name: float("inf") for name in runs}
     for _ in range(repeats):
-        for name, fn in jitted.items():
+        for name, run in runs.items():
             start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
+            jax.block_until_ready(run())
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
+def torch_conv_runs(batch, size, cin, cout, k, stride):
+    """{'torch fwd': …, 'torch grad': …}: conv2d of the same shape in PyTorch (NCHW), as () → None."""
+    import torch
+
+    x = torch.randn(batch, cin, size, size, requires_grad=True)
+    weight = torch.randn(cout, cin, k, k) * 0.05
+    weight.requires_grad_(True)
+    padding = 0 if stride > 1 else k // 2
+
+    def forward():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
+
+    def grad():
+        x.grad = weight.grad = None
+        (torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding).square().sum() * 0.5e-3).backward()
+    return {"torch fwd": forward, "torch grad": grad}
+
+
 def forward_and_grad(forward):
-    """{'fwd': forward, 'grad': d sum(forward · fixed cotangent) / d(all args)}."""
+    """{'fwd': forward, 'grad': d ½·sum(forward²)·1e-3 / d(all args)}. The cotangent is the output itself: a
+    constant one (d sum(forward)) lets XLA fold the backward convolutions into cheap window sums."""
     def grad(*args):
-        return jax.grad(lambda *a: jnp.sum(forward(*a) * 1e-3), argnums=tuple(range(len(args))))(*args)
+        return jax.grad(lambda *a: 0.5e-3 * jnp.sum(jnp.square(forward(*a))), argnums=tuple(range(len(args))))(*args)
     return {"fwd": forward, "grad": grad}
 
 
-def conv_rows(batch, repeats):
+def conv_rows(batch, repeats, peer=""):
     rng = np.random.default_rng(0)
     for name, size, cin, cout, k, stride in CONVS:
         x = jnp.asarray(rng.normal(size=(batch, size, size, cin)), jnp.float32)
@@ -83,9 +113,11 @@ def conv_rows(batch, repeats):
             del forms["tap_grad"]   # stride 1 only
         variants = {f"{form} {mode}": f for form, conv in forms.items() for mode, f in
                     forward_and_grad(lambda a, b, conv=conv: conv(a, b, (stride, stride), padding)).items()}
-        best = timed(variants, (x, kernel), repeats)
+        peers = torch_conv_runs(batch, size, cin, cout, k, stride) if peer == "torch" else None
+        best = timed(variants, (x, kernel), repeats, peers)
         out = (size - k + sum(padding[0])) // stride + 1
         flops = 2 * batch * out * out * k * k * cin * cout
+        forms = [*forms, *(["torch"] if peers else [])]
         yield dict(layer=name, **{f"{v} ms": round(s * 1e3, 2) for v, s in best.items()},
                    **{f"{form} fwd GFLOP/s": round(flops / best[f"{form} fwd"] / 1e9, 1) for form in forms})
 
@@ -133,8 +165,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=("", "conv", "norm", "upsample", "attention"), default="")
+    parser.add_argument("--compiler_options", choices=("vqdiff", "default"), default="vqdiff")
+    parser.add_argument("--peer", choices=("", "torch"), default="", help="torch: conv2d rows beside ours")
     args = parser.parse_args()
-    kinds = (("conv", conv_rows), ("norm", norm_rows), ("upsample", upsample_rows), ("attention", attention_rows))
+    if args.compiler_options == "vqdiff":
+        OPTIONS["options"] = compiler_options.for_program("convolutional")
+    if args.peer:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+    kinds = (("conv", functools.partial(conv_rows, peer=args.peer)), ("norm", norm_rows),
+             ("upsample", upsample_rows), ("attention", attention_rows))
     for kind, rows in kinds:
         if args.only in ("", kind):
             for row in rows(args.batch, args.repeats):
