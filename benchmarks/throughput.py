@@ -8,10 +8,10 @@ Ours is the real jitted update of the trainer (`dit_trainer.train_step` on 32×3
 params. The peer is diffusers' `DiTTransformer2DModel` (or `VQModel`) of the same configuration (mapped
 as in vqdiff.convert), trained with the same loss terms, clipping, `torch.optim.AdamW` and an EMA copy,
 on as many threads as XLA's CPU backend uses (all cores). The autoencoders match layer for layer (the same
-function and parameters: nearest + conv upsampling on both sides, `config_from_diffusers`). On CPU ours takes
-most convolutions' kernel gradients as per-tap matmuls (vqdiff.models.im2col), computes each upsampling
-convolution at the input resolution with 4/9 of the multiply-adds (vqdiff.models.nearest_upsample_conv, so
-its step counts 11 % fewer FLOPs than the peer's) and GroupNorm from per-channel sums (vqdiff.models.group_norm);
+function and parameters: nearest + conv upsampling on both sides, `config_from_diffusers`). On CPU ours
+computes each upsampling convolution at the input resolution with 4/9 of the multiply-adds
+(vqdiff.models.nearest_upsample_conv, so its step counts 11 % fewer FLOPs than the peer's), 1×1 convolutions as
+dots (vqdiff.models.im2col) and GroupNorm from per-channel sums (vqdiff.models.group_norm);
 benchmarks/autoencoder_layer_cost.py times each of these against the plain form. Our step is compiled with the
 trainers' XLA:CPU options (vqdiff.compiler_options: no YNNPACK convolutions; --compiler_options=default for
 XLA's own).

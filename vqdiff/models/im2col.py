@@ -4,15 +4,13 @@ On XLA:CPU a convolution over a small feature map (AlexNet's 5×5 conv on 3×3 m
 maps, LPIPS on 32-pixel images) ran at 3–5 GFLOP/s, and input gradients of strided convolutions were
 10× the forward; the same arithmetic as strided slices, a concatenation and a dot runs near the matmul
 peak, and its gradient is a dot plus a pad. Over larger maps XLA's forward convolution and input gradient
-are fast, but its kernel gradient is not (6–12× the forward for 3×3 kernels on 32- and 64-pixel maps of
-64–256 channels): `conv2d_tap_grad` keeps XLA's forward and input gradient and takes the kernel gradient
-as one matmul per kernel tap. `Conv` has nn.Conv's parameter names, shapes and initialisers, so weights
+are fast, but under XLA:CPU's default options (YNNPACK convolutions) its kernel gradient is not (6–12× the
+forward for 3×3 kernels on 32- and 64-pixel maps of 64–256 channels): `conv2d_tap_grad` keeps XLA's forward
+and input gradient and takes the kernel gradient as one matmul per kernel tap. `Conv` has nn.Conv's parameter names, shapes and initialisers, so weights
 move between the forms unchanged; on the CPU backend it picks a form by shape.
 
-The measurements below were taken with XLA:CPU's default options, under which YNNPACK runs the convolutions.
 The trainers compile with vqdiff.compiler_options ('convolutional'), which hands convolutions back to XLA's
-own path; there 'xla' and 'tap_grad' kernel gradients gave the VQ autoencoder's training step the same time
-(within 1 %), so 'auto' keeps choosing for programs compiled either way.
+own path; there XLA's kernel gradients are faster than the taps, and 'auto' picks for that case (below).
 """
 import functools
 from typing import Any, Sequence
@@ -128,13 +126,15 @@ _conv2d_tap_grad.defvjp(_tap_grad_forward, _tap_grad_backward)
 # 32-pixel maps and 4×4 convs on 8×8 maps were faster as XLA convolutions.
 IM2COL_MAX_POSITIONS = 16
 IM2COL_MIN_STRIDE = 4
-# Larger stride-1 convolutions with at least TAP_GRAD_MIN_CHANNELS input and output channels take
-# tap_grad, or im2col (a plain dot) for a 1×1 kernel. Measured on a 2-core CPU at batch 16 (kernel gradient,
-# ms, XLA → taps, with XLA's forward for scale): 3×3 on 64-pixel maps 128→128 2166 → 346 (412), 64→64
-# 406 → 178 (71); on 32-pixel 256→256 602 → 227 (183); on 16-pixel 256→256 71 → 49 (37). Whole gradients
-# of 1×1 convs, XLA → im2col: 64 pixels 128→64 357 → 136, 32 pixels 256→128 894 → 64. With 3 channels in
-# or out (an autoencoder's conv_in / conv_out) and for stride 2, XLA's was as fast or faster.
-TAP_GRAD_MIN_CHANNELS = 32
+# Stride-1 1×1 convolutions with at least IM2COL_MIN_CHANNELS input and output channels are a plain dot
+# (im2col). Everything else takes XLA's convolution: under vqdiff.compiler_options ('convolutional', what the
+# trainers compile with) its kernel gradients beat tap_grad's per-tap matmuls, measured with
+# benchmarks/autoencoder_layer_cost.py at batch 16 (forward + whole gradient, ms, tap_grad → XLA, PyTorch for
+# scale): 3×3 on 64-pixel maps 64→64 198 → 111 (123), 128→64 267 → 219 (225); on 32-pixel maps 128→128
+# 122 → 90 (92); on 16-pixel 256→256 103 → 89 (89); the VQ autoencoder's step (benchmarks/throughput.py)
+# 4.12 → 4.01 s. tap_grad remains for programs compiled with XLA's default options, where YNNPACK's kernel
+# gradients were 2–6× slower than the taps.
+IM2COL_MIN_CHANNELS = 32
 
 
 def resolve_implementation(implementation: str, kernel_size: Sequence[int], strides: Sequence[int],
@@ -148,8 +148,8 @@ def resolve_implementation(implementation: str, kernel_size: Sequence[int], stri
         return "xla"
     if output_positions <= IM2COL_MAX_POSITIONS or min(strides) >= IM2COL_MIN_STRIDE:
         return "im2col"
-    if max(strides) == 1 and min(channels, features) >= TAP_GRAD_MIN_CHANNELS:
-        return "im2col" if tuple(kernel_size) == (1, 1) else "tap_grad"
+    if max(strides) == 1 and tuple(kernel_size) == (1, 1) and min(channels, features) >= IM2COL_MIN_CHANNELS:
+        return "im2col"
     return "xla"
 
 
