@@ -51,7 +51,8 @@ def test_convolutional_program_keeps_convolutions_out_of_ynnpack_with_the_same_v
     conv, product = tuned(x, kernel)
     x64, k64 = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
     padded = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    brute = sum(np.einsum("bhwc,cd->bhwd", padded[:, i:i + 16, j:j + 16], k64[i, j]) for i in range(3) for j in range(3))
+    brute = sum(np.einsum("bhwc,cd->bhwd", padded[:, i:i + 16, j:j + 16], k64[i, j])
+                for i in range(3) for j in range(3))
     np.testing.assert_allclose(np.asarray(conv), np.tanh(brute), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(product), x64.reshape(-1, 32) @ k64[0, 0], rtol=1e-4, atol=1e-4)
 

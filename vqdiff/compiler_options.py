@@ -2,11 +2,11 @@
 
 jaxlib 0.10's XLA:CPU hands dots, convolutions and reductions to YNNPACK fusions by default. Its
 convolutions ran at 70–88 GFLOP/s on the autoencoder's 64-channel, 64-pixel maps on a 2-core CPU, where
-XLA's other convolution path runs the same layer at 160–170 (oneDNN in PyTorch: 169): a convolutional
+XLA's other convolution path runs the same layer at 145–170 (oneDNN in PyTorch: 108–169): a convolutional
 program keeps YNNPACK for dots and reductions only ("INDIVIDUAL_DOT,REDUCE"; the VQ autoencoder's training
-step went from 4.6 to 4.0 s). A transformer program lets YNNPACK fuse dots with their neighbours ("DOT,
-REDUCE"; the DiT-S/2 step 2 % faster than the default). benchmarks/throughput.py --compiler_options=default
-measures a step without them.
+step went from 4.6 to 4.0 s, and to 3.8 s once vqdiff.models.im2col left the kernel gradients to XLA too).
+A transformer program lets YNNPACK fuse dots with their neighbours ("DOT,REDUCE"; the DiT-S/2 step 2 %
+faster than the default). benchmarks/throughput.py --compiler_options=default measures a step without them.
 
 Off the CPU backend, or on a jaxlib that does not know the option, `for_program` returns None (XLA's
 defaults).

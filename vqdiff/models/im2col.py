@@ -6,8 +6,9 @@ maps, LPIPS on 32-pixel images) ran at 3–5 GFLOP/s, and input gradients of str
 peak, and its gradient is a dot plus a pad. Over larger maps XLA's forward convolution and input gradient
 are fast, but under XLA:CPU's default options (YNNPACK convolutions) its kernel gradient is not (6–12× the
 forward for 3×3 kernels on 32- and 64-pixel maps of 64–256 channels): `conv2d_tap_grad` keeps XLA's forward
-and input gradient and takes the kernel gradient as one matmul per kernel tap. `Conv` has nn.Conv's parameter names, shapes and initialisers, so weights
-move between the forms unchanged; on the CPU backend it picks a form by shape.
+and input gradient and takes the kernel gradient as one matmul per kernel tap. `Conv` has nn.Conv's
+parameter names, shapes and initialisers, so weights move between the forms unchanged; on the CPU backend
+it picks a form by shape.
 
 The trainers compile with vqdiff.compiler_options ('convolutional'), which hands convolutions back to XLA's
 own path; there XLA's kernel gradients are faster than the taps, and 'auto' picks for that case (below).
