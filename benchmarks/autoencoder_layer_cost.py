@@ -56,12 +56,13 @@ NORMS = [(64, 64), (64, 128), (32, 128), (32, 256), (16, 256)]
 UPSAMPLES = [(16, 256), (32, 128)]   # (input size, channels) of the nearest-upsampling convolutions
 
 
-OPTIONS = {"options": None}   # set by main from --compiler_options
+OPTIONS = {"kind": None}   # 'convolutional' with --compiler_options=vqdiff (set by main)
 
 
 def timed(fns, args, repeats, peers=None):
     """{name: best seconds} of jitted fns on args and of `peers` ({name: () → None}), run in alternation."""
-    runs = {name: functools.partial(jax.jit(fn, compiler_options=OPTIONS["options"]), *args)
+    kind = OPTIONS["kind"]
+    runs = {name: functools.partial(compiler_options.jit(fn, kind) if kind else jax.jit(fn), *args)
             for name, fn in fns.items()}
     runs.update(peers or {})
     for run in runs.values():
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--peer", choices=("", "torch"), default="", help="torch: conv2d rows beside ours")
     args = parser.parse_args()
     if args.compiler_options == "vqdiff":
-        OPTIONS["options"] = compiler_options.for_program("convolutional")
+        OPTIONS["kind"] = "convolutional"
     if args.peer:
         import torch
         torch.set_num_threads(os.cpu_count())

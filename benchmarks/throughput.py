@@ -79,10 +79,12 @@ def matmul_probe(size: int = 2048, repeats: int = 3):
     return probe
 
 
-def compiled_step(step_fn, state, batch, options=None):
-    """(compiled step, FLOPs per call, peak bytes) of jit(step_fn) with the state donated, compiled with
-    `options` (XLA compiler options; None: XLA's defaults)."""
-    compiled = jax.jit(step_fn, donate_argnums=(0,), compiler_options=options).lower(state, batch).compile()
+def compiled_step(step_fn, state, batch, kind=None):
+    """(compiled step, FLOPs per call, peak bytes) of jit(step_fn) with the state donated, as the trainers
+    compile a `kind` program (vqdiff.compiler_options.jit; None: plain jax.jit and XLA's default options)."""
+    jitted = (compiler_options.jit(step_fn, kind, donate_argnums=(0,)) if kind
+              else jax.jit(step_fn, donate_argnums=(0,)))
+    compiled = jitted.lower(state, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
@@ -231,14 +233,14 @@ def main() -> None:
     setup = dit_setup if args.model == "dit" else autoencoder_setup
     config, step_fn, state, batch = setup(args)
     state = jax.tree_util.tree_map(jnp.copy, state)  # params and ema_params start as one buffer
-    kind = "transformer" if args.model == "dit" else "convolutional"
-    options = compiler_options.for_program(kind) if args.compiler_options == "vqdiff" else None
-    compiled, flops, peak_memory = compiled_step(step_fn, state, batch, options)
+    kind = ("transformer" if args.model == "dit" else "convolutional") if args.compiler_options == "vqdiff" else None
+    options = compiler_options.for_program(kind) if kind else None
+    compiled, flops, peak_memory = compiled_step(step_fn, state, batch, kind)
     if args.grad_accum_steps > 1:
         # XLA's cost analysis counts a loop body once, so the accumulated step's FLOPs are those of the same
         # update computed in one pass (compiled here for its cost analysis only).
         _, one_pass_step, one_pass_state, _ = setup(argparse.Namespace(**{**vars(args), "grad_accum_steps": 1}))
-        flops = compiled_step(one_pass_step, one_pass_state, batch)[1]
+        flops = compiled_step(one_pass_step, one_pass_state, batch, kind)[1]
 
     holder = {"state": state}
 

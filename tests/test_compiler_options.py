@@ -8,6 +8,7 @@ import pytest
 from jax import lax
 
 from vqdiff import compiler_options
+from vqdiff.models.im2col import resolve_implementation
 
 
 def _conv(x, kernel):
@@ -62,3 +63,18 @@ def test_rejected_options_fall_back_to_xla_defaults_with_a_warning():
     bogus = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE"),)
     with pytest.warns(UserWarning, match="rejected compiler options"):
         assert compiler_options._accepted(bogus) is False
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU options")
+def test_jit_marks_its_trace_so_im2col_takes_xla_kernel_gradients():
+    seen = []
+
+    def double(x):
+        seen.append((compiler_options.convolutions_off_ynnpack(),
+                     resolve_implementation("auto", (3, 3), (1, 1), 64, 64, 1024)))
+        return 2 * x
+
+    np.testing.assert_array_equal(compiler_options.jit(double, "transformer")(jnp.ones(3)), np.full(3, 2.0))
+    double(jnp.ones(3))
+    jax.jit(double)(jnp.ones(3))
+    assert seen == [(True, "xla"), (False, "tap_grad"), (False, "tap_grad")]

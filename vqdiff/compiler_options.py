@@ -1,4 +1,4 @@
-"""XLA:CPU compiler options for vqdiff's jitted programs: `jax.jit(fn, compiler_options=for_program(kind))`.
+"""XLA:CPU compiler options for vqdiff's jitted programs: `compiler_options.jit(fn, kind, **jit_kwargs)`.
 
 jaxlib 0.10's XLA:CPU hands dots, convolutions and reductions to YNNPACK fusions by default. Its
 convolutions ran at 70–88 GFLOP/s on the autoencoder's 64-channel, 64-pixel maps on a 2-core CPU, where
@@ -9,8 +9,12 @@ A transformer program lets YNNPACK fuse dots with their neighbours ("DOT,REDUCE"
 faster than the default). benchmarks/throughput.py --compiler_options=default measures a step without them.
 
 Off the CPU backend, or on a jaxlib that does not know the option, `for_program` returns None (XLA's
-defaults).
+defaults). `jit` also marks its function's trace, so that vqdiff.models.im2col picks convolution forms for
+the convolution path the program will get (`convolutions_off_ynnpack`): a model jitted some other way (a
+notebook's plain jax.jit) keeps the forms that are fast under XLA's defaults.
 """
+import contextlib
+import contextvars
 import functools
 import warnings
 
@@ -37,6 +41,36 @@ def for_program(kind: str) -> dict | None:
     if jax.default_backend() != "cpu" or not _accepted(tuple(chosen.items())):
         return None
     return chosen
+
+
+_CONVOLUTIONS_OFF_YNNPACK = contextvars.ContextVar("vqdiff_convolutions_off_ynnpack", default=False)
+
+
+def convolutions_off_ynnpack() -> bool:
+    """True while `jit` traces a function whose program XLA:CPU compiles with these options (both kinds
+    leave convolutions to XLA's own path)."""
+    return _CONVOLUTIONS_OFF_YNNPACK.get()
+
+
+@contextlib.contextmanager
+def _marked(active: bool):
+    token = _CONVOLUTIONS_OFF_YNNPACK.set(active)
+    try:
+        yield
+    finally:
+        _CONVOLUTIONS_OFF_YNNPACK.reset(token)
+
+
+def jit(fn, kind: str, **jit_kwargs):
+    """jax.jit(fn, compiler_options=for_program(kind), **jit_kwargs), with `fn` traced under
+    convolutions_off_ynnpack() when the options apply."""
+    options = for_program(kind)
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with _marked(options is not None):
+            return fn(*args, **kwargs)
+    return jax.jit(traced, compiler_options=options, **jit_kwargs)
 
 
 @functools.cache

@@ -40,7 +40,7 @@ def test_attention_block_matches_numpy_softmax_attention():
 
 def test_resnet_block_gradients_equal_with_xla_convolutions(monkeypatch):
     """At 32+ channels 'auto' takes im2col for the 1×1 shortcut on CPU, and tap_grad is asked for by name for
-    the 3×3 convs; XLA's convs are the reference."""
+    the 3×3 convs (auto's choice outside compiler_options.jit); XLA's convs are the reference."""
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 6, 32)), jnp.float32)
     block = ResnetBlock(64, norm_groups=8)
     params = block.init(jax.random.key(0), x)

@@ -68,7 +68,7 @@ def _pool3(params: dict, images: jax.Array, chunk: int | None = None) -> jax.Arr
 def _jitted_pool3():
     # Built on first use: choosing compiler options asks for the backend, which must not start at import
     # (jax.distributed.initialize comes first in a multi-process run).
-    return jax.jit(_pool3, static_argnames="chunk", compiler_options=compiler_options.for_program("convolutional"))
+    return compiler_options.jit(_pool3, "convolutional", static_argnames="chunk")
 
 
 def _chunks(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -10,8 +10,8 @@ and input gradient and takes the kernel gradient as one matmul per kernel tap. `
 parameter names, shapes and initialisers, so weights move between the forms unchanged; on the CPU backend
 it picks a form by shape.
 
-The trainers compile with vqdiff.compiler_options ('convolutional'), which hands convolutions back to XLA's
-own path; there XLA's kernel gradients are faster than the taps, and 'auto' picks for that case (below).
+The trainers compile with vqdiff.compiler_options, which hands convolutions back to XLA's own path; there
+XLA's kernel gradients are faster than the taps, and 'auto' takes them inside such a program (below).
 """
 import functools
 from typing import Any, Sequence
@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from vqdiff import compiler_options
 
 IMPLEMENTATIONS = ("auto", "xla", "im2col", "tap_grad")
 
@@ -127,15 +129,19 @@ _conv2d_tap_grad.defvjp(_tap_grad_forward, _tap_grad_backward)
 # 32-pixel maps and 4×4 convs on 8×8 maps were faster as XLA convolutions.
 IM2COL_MAX_POSITIONS = 16
 IM2COL_MIN_STRIDE = 4
-# Stride-1 1×1 convolutions with at least IM2COL_MIN_CHANNELS input and output channels are a plain dot
-# (im2col). Everything else takes XLA's convolution: under vqdiff.compiler_options ('convolutional', what the
-# trainers compile with) its kernel gradients beat tap_grad's per-tap matmuls, measured with
+# Larger stride-1 convolutions with at least MIN_CHANNELS input and output channels: a 1×1 kernel is a plain
+# dot (im2col); other kernels take tap_grad under XLA's default options, and XLA's convolution in a program
+# that vqdiff.compiler_options.jit compiles (convolutions_off_ynnpack()). There XLA's kernel gradients beat
+# tap_grad's per-tap matmuls, measured with
 # benchmarks/autoencoder_layer_cost.py at batch 16 (forward + whole gradient, ms, tap_grad → XLA, PyTorch for
 # scale): 3×3 on 64-pixel maps 64→64 198 → 111 (123), 128→64 267 → 219 (225); on 32-pixel maps 128→128
 # 122 → 90 (92); on 16-pixel 256→256 103 → 89 (89); the VQ autoencoder's step (benchmarks/throughput.py)
-# 4.12 → 4.01 s. tap_grad remains for programs compiled with XLA's default options, where YNNPACK's kernel
-# gradients were 2–6× slower than the taps.
-IM2COL_MIN_CHANNELS = 32
+# 4.12 → 4.01 s. Under XLA's defaults the same step took 4.41 s with tap_grad and 7.27 s with XLA's
+# (YNNPACK's) kernel gradients: there, measured at batch 16 (kernel gradient, ms, XLA → taps, with XLA's
+# forward for scale), 3×3 on 64-pixel maps 128→128 2166 → 346 (412), 64→64 406 → 178 (71); on 32-pixel
+# 256→256 602 → 227 (183); on 16-pixel 256→256 71 → 49 (37). With 3 channels in or out (an autoencoder's
+# conv_in / conv_out) and for stride 2, XLA's was as fast or faster.
+MIN_CHANNELS = 32
 
 
 def resolve_implementation(implementation: str, kernel_size: Sequence[int], strides: Sequence[int],
@@ -149,8 +155,10 @@ def resolve_implementation(implementation: str, kernel_size: Sequence[int], stri
         return "xla"
     if output_positions <= IM2COL_MAX_POSITIONS or min(strides) >= IM2COL_MIN_STRIDE:
         return "im2col"
-    if max(strides) == 1 and tuple(kernel_size) == (1, 1) and min(channels, features) >= IM2COL_MIN_CHANNELS:
-        return "im2col"
+    if max(strides) == 1 and min(channels, features) >= MIN_CHANNELS:
+        if tuple(kernel_size) == (1, 1):
+            return "im2col"
+        return "xla" if compiler_options.convolutions_off_ynnpack() else "tap_grad"
     return "xla"
 
 

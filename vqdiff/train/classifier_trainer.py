@@ -45,9 +45,7 @@ def train_classifier(config) -> tuple[dict, float]:
     tx = optax.adamw(optax.cosine_decay_schedule(c.learning_rate, c.num_steps), weight_decay=1e-4)
     opt_state = tx.init(params)
 
-    options = compiler_options.for_program("convolutional")
-
-    @functools.partial(jax.jit, compiler_options=options)
+    @functools.partial(compiler_options.jit, kind="convolutional")
     def update(params, opt_state, images, labels, rng):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
@@ -66,7 +64,7 @@ def train_classifier(config) -> tuple[dict, float]:
         if (step + 1) % 500 == 0 or step + 1 == c.num_steps:
             print("classifier " + report.line(step + 1, {"loss": loss}), flush=True)
 
-    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1), compiler_options=options)
+    predict = compiler_options.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), -1), "convolutional")
     correct = total = 0
     for batch in pipeline.create_dataset(config.data, split=config.data.eval_split, train=False,
                                          global_batch_size=500, seed=config.seed):
@@ -93,8 +91,8 @@ def load_or_train_classifier(config) -> tuple[Classifier, dict, float]:
 
 def predict_labels(model, params, images_uint8: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """uint8 images [N, H, W, C] (native resolution) → predicted class [N]."""
-    predict = jax.jit(lambda x: jnp.argmax(model.apply({"params": params}, uint8_to_model(x)), -1),
-                      compiler_options=compiler_options.for_program("convolutional"))
+    predict = compiler_options.jit(lambda x: jnp.argmax(model.apply({"params": params}, uint8_to_model(x)), -1),
+                                   "convolutional")
     out = []
     for start in range(0, len(images_uint8), batch_size):
         chunk = images_uint8[start:start + batch_size]

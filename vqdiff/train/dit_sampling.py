@@ -76,10 +76,10 @@ class ImageGenerator:
                                   snap_to_codebook)
 
         shardings = trainer.state_shardings
-        self._generate = jax.jit(
-            generate, in_shardings=(shardings.params, shardings.model_state["latent_stats"], None,
-                                    trainer.batch_sharding, None, None),
-            out_shardings=trainer.batch_sharding, compiler_options=compiler_options.for_program("convolutional"))
+        self._generate = compiler_options.jit(
+            generate, "convolutional", in_shardings=(shardings.params, shardings.model_state["latent_stats"], None,
+                                                     trainer.batch_sharding, None, None),
+            out_shardings=trainer.batch_sharding)
 
     def __call__(self, state, labels, seed: int, captions=None) -> np.ndarray:
         """`captions`: a caption table whose rows `labels` index (text-to-image models)."""

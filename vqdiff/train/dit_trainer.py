@@ -169,9 +169,9 @@ class DiTTrainer:
                                  config=self.config, tokenizer_model=self.tokenizer.model)
         # With the latent cache the step is the DiT alone; without it, it also runs the tokenizer's encoder.
         kind = "transformer" if self.config.tokenizer.get("latent_cache", False) else "convolutional"
-        jitted = jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding, None),
-                         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                         donate_argnums=(0,), compiler_options=compiler_options.for_program(kind))
+        jitted = compiler_options.jit(step, kind, in_shardings=(self.state_shardings, self.batch_sharding, None),
+                                      out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                                      donate_argnums=(0,))
         return lambda state, batch: jitted(state, batch, self.tokenizer_variables)
 
 

@@ -70,10 +70,9 @@ class FrozenTokenizer:
         d = self.config.data
         side = (d.pad_to or d.image_size) // downsampling_factor(self.config.model)
         self.latent_shape = (side, side, self.config.quantizer.embedding_dim)
-        options = compiler_options.for_program("convolutional")
-        self._encode = jax.jit(functools.partial(encode_latents, self.model, latents=latents),
-                               compiler_options=options)
-        self._decode = jax.jit(functools.partial(decode_latents, self.model), compiler_options=options)
+        self._encode = compiler_options.jit(functools.partial(encode_latents, self.model, latents=latents),
+                                            "convolutional")
+        self._decode = compiler_options.jit(functools.partial(decode_latents, self.model), "convolutional")
 
     def encode(self, images) -> jax.Array:
         """images [B, H, W, C] in [-1, 1] (model resolution, padding included) → latents [B, h, w, D]."""

@@ -41,7 +41,7 @@ def evaluate(config, workdir: str) -> dict:
 
     lpips_fn = make_lpips_fn(config.eval.lpips_backbone)
 
-    @functools.partial(jax.jit, compiler_options=compiler_options.for_program("convolutional"))
+    @functools.partial(compiler_options.jit, kind="convolutional")
     def image_metrics(images, reconstructions):
         x = to_unit_range(crop_padding(images, config.data.image_size, config.data.pad_to))
         y = to_unit_range(crop_padding(reconstructions, config.data.image_size, config.data.pad_to))

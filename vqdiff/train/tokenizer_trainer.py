@@ -129,9 +129,9 @@ class Trainer:
 
     def compiled_train_step(self):
         step = functools.partial(train_step, model=self.model, tx=self.tx, config=self.config)
-        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                       donate_argnums=(0,), compiler_options=compiler_options.for_program("convolutional"))
+        return compiler_options.jit(step, "convolutional", in_shardings=(self.state_shardings, self.batch_sharding),
+                                    out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                                    donate_argnums=(0,))
 
     def reconstruct_fn(self, use_ema_params: bool):
         """jitted (state, images) → (reconstructions, code indices)."""
@@ -139,9 +139,9 @@ class Trainer:
             params = state.ema_params if use_ema_params else state.params
             (recon, aux) = self.model.apply({"params": params, **state.model_state}, images, train=False)
             return recon, aux["indices"]
-        return jax.jit(reconstruct, in_shardings=(self.state_shardings, self.batch_sharding),
-                       out_shardings=self.batch_sharding,
-                       compiler_options=compiler_options.for_program("convolutional"))
+        return compiler_options.jit(reconstruct, "convolutional",
+                                    in_shardings=(self.state_shardings, self.batch_sharding),
+                                    out_shardings=self.batch_sharding)
 
 
 def fixed_eval_images(config, count: int) -> np.ndarray:

@@ -245,9 +245,9 @@ class VQGANTrainer(Trainer):
         step = functools.partial(train_step, model=self.model, discriminator=self.discriminator, tx=self.tx,
                                  disc_tx=self.disc_tx, config=self.config, with_discriminator=with_discriminator,
                                  lpips_fn=self.lpips_fn)
-        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
-                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                       donate_argnums=(0,), compiler_options=compiler_options.for_program("convolutional"))
+        return compiler_options.jit(step, "convolutional", in_shardings=(self.state_shardings, self.batch_sharding),
+                                    out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                                    donate_argnums=(0,))
 
     def compiled_train_phases(self):
         """[(first step, update)]: the step without the discriminator before `config.gan.start_step`, the
