@@ -7,7 +7,7 @@ import numpy as np
 from vqdiff import compiler_options
 from vqdiff.diffusion import samplers
 from vqdiff.eval import grid
-from vqdiff.train import sharding, text_conditioning
+from vqdiff.train import text_conditioning
 from vqdiff.train.dit_trainer import denormalize_latents
 from vqdiff.train.fid_reference import to_uint8_native
 from vqdiff.train.frozen_tokenizer import decode_latents
