@@ -133,13 +133,13 @@ IM2COL_MIN_STRIDE = 4
 # dot (im2col); other kernels take tap_grad under XLA's default options, and XLA's convolution in a program
 # that vqdiff.compiler_options.jit compiles (convolutions_off_ynnpack()). There XLA's kernel gradients beat
 # tap_grad's per-tap matmuls, measured with benchmarks/autoencoder_layer_cost.py at batch 16 (forward + whole
-# gradient, ms, tap_grad → XLA, PyTorch for scale): 3×3 on 64-pixel maps 64→64 198 → 111 (123), 128→64
-# 267 → 219 (225); on 32-pixel maps 128→128 122 → 90 (92); on 16-pixel 256→256 103 → 89 (89); the VQ
-# autoencoder's step (benchmarks/throughput.py) 4.12 → 4.01 s. Under XLA's defaults the same step took 4.41 s with tap_grad and 7.27 s with XLA's
-# (YNNPACK's) kernel gradients: there, measured at batch 16 (kernel gradient, ms, XLA → taps, with XLA's
-# forward for scale), 3×3 on 64-pixel maps 128→128 2166 → 346 (412), 64→64 406 → 178 (71); on 32-pixel
-# 256→256 602 → 227 (183); on 16-pixel 256→256 71 → 49 (37). With 3 channels in or out (an autoencoder's
-# conv_in / conv_out) and for stride 2, XLA's was as fast or faster.
+# gradient, ms, tap_grad → XLA, PyTorch for scale): 3×3 on 64-pixel maps 64→64 198 → 111 (123), 128→64 267 →
+# 219 (225); on 32-pixel maps 128→128 122 → 90 (92); on 16-pixel 256→256 103 → 89 (89); the VQ autoencoder's
+# step (benchmarks/throughput.py) 4.12 → 4.01 s. Under XLA's defaults the same step took 4.41 s with tap_grad
+# and 7.27 s with XLA's (YNNPACK's) kernel gradients: there, measured at batch 16 (kernel gradient, ms, XLA →
+# taps, with XLA's forward for scale), 3×3 on 64-pixel maps 128→128 2166 → 346 (412), 64→64 406 → 178 (71); on
+# 32-pixel 256→256 602 → 227 (183); on 16-pixel 256→256 71 → 49 (37). With 3 channels in or out (an
+# autoencoder's conv_in / conv_out) and for stride 2, XLA's was as fast or faster.
 MIN_CHANNELS = 32
 
 
