@@ -35,7 +35,7 @@ steps unless said otherwise):
 | the same model, eval seeds 2 and 3 (`--config.eval.seed`) | | | 77.0, 77.3 | 0.952, 0.955 |
 | the default with training seed 1 (`--config.seed=1`) | 15,000 × 32 | loop 8m18s | 77.2 | 0.960 |
 | the default after the faster GroupNorm (another summation order: another VQGAN and DiT from the same seed) | 15,000 × 32 | loop 9m06s (VQGAN 2m33s) | 79.4 (eval seed 2: 78.0; precision 0.437, recall 0.030) | 0.960 |
-| the default under vqdiff.compiler_options (convolutions off YNNPACK; then also XLA's kernel gradients instead of per-tap matmuls) | 15,000 × 32 | loop 8m21s, 8m29s (VQGAN 2m04s, 2m10s; whole command 13m09s, 13m05s) | 77.3, then **78.7** (precision 0.416, recall 0.031) | 0.957, 0.958 |
+| the default under vqdiff.compiler_options (convolutions off YNNPACK; then also XLA's kernel gradients instead of per-tap matmuls) | 15,000 × 32 | loop 8m21s, 8m29s, 7m54s (VQGAN 2m04s, 2m10s, 2m02s; whole command 13m09s, 13m05s, 12m23s) | 77.3, then **78.7** twice (precision 0.416, recall 0.031) | 0.957, 0.958 |
 
 The bar (README): the whole pipeline, tokenizer included, in ≤ 20 minutes; FID ≤ 80, conditional
 accuracy ≥ 75 %. Conditional accuracies above the last row come from the 600-step classifier (test
